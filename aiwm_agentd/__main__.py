@@ -1,0 +1,3 @@
+from aiwm_agentd.cli import main
+import sys
+sys.exit(main())

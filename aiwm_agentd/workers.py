@@ -1,0 +1,105 @@
+"""The small interface between the supervisor and everything it runs in a thread.
+
+The supervisor (main thread) calls `start()`, `apply(config)`, `health()` and `stop(deadline)`; it never
+touches a worker's event loop. Workers never call the controller: the only way back to the supervisor is the
+`DaemonControl` handle they are given (status for `/status`, a reload request for `/reload`).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from aiwm_agentd.config import AgentConfig
+
+# ok: doing its job. degraded: running but impaired (network outage; the library reconnects itself).
+# error: cannot work until the configuration changes (rejected token); restarted with a long backoff.
+# starting / stopped: lifecycle.
+HealthState = Literal["starting", "ok", "degraded", "error", "stopped"]
+
+
+@dataclass(frozen=True)
+class WorkerHealth:
+    state: HealthState
+    detail: str = ""
+    # A worker whose thread died sets this; the supervisor then restarts it with backoff.
+    alive: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def healthy(self) -> bool:
+        return self.state in ("ok", "starting")
+
+
+class Worker(Protocol):
+    name: str
+
+    def start(self) -> None:
+        """Start the worker's thread and return without waiting for the network."""
+
+    def apply(self, config: AgentConfig) -> None:
+        """Take a new configuration snapshot; restart only what changed. Must not block for long."""
+
+    def health(self) -> WorkerHealth:
+        """Cheap, thread-safe: called by /health and the supervisor loop."""
+
+    def stop(self, deadline: float) -> None:
+        """Stop before `deadline` (time.monotonic()); after it, abandon what is left."""
+
+
+@dataclass(frozen=True)
+class ConversationKey:
+    """One conversation: (platform, chat/channel id[, thread id])."""
+
+    platform: str
+    chat_id: str
+    thread_id: str = ""
+
+    def __str__(self) -> str:
+        base = f"{self.platform}:{self.chat_id}"
+        return f"{base}:{self.thread_id}" if self.thread_id else base
+
+    @classmethod
+    def parse(cls, text: str) -> ConversationKey:
+        """Inverse of str(): 'platform:chat[:thread]'. A bare word becomes ('cli', word)."""
+        parts = text.split(":", 2)
+        if len(parts) == 1:
+            return cls("cli", parts[0])
+        return cls(parts[0], parts[1], parts[2] if len(parts) == 3 else "")
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What a turn produced for the user. `error` is set when `text` is an honest failure message."""
+
+    text: str
+    session_id: str = ""
+    error: str = ""
+    fresh_session: bool = False
+    duration_s: float = 0.0
+
+
+class Runner(Protocol):
+    """What the platform bots need from the Claude runner."""
+
+    def submit(self, conversation: ConversationKey, text: str) -> concurrent.futures.Future[Reply]: ...
+
+    def reset(self, conversation: ConversationKey) -> None: ...
+
+    def interrupt(self, conversation: ConversationKey) -> bool: ...
+
+    def queue_depth(self, conversation: ConversationKey | None = None) -> int: ...
+
+    @property
+    def busy(self) -> bool: ...
+
+
+class DaemonControl(Protocol):
+    """What workers may ask of the supervisor."""
+
+    def status_summary(self) -> dict[str, Any]:
+        """agent, controller state, model, ... for chat `/status`."""
+
+    def request_reload(self) -> concurrent.futures.Future[list[str]]:
+        """Reconnect and apply new configuration; resolves to the list of changes (may be empty)."""
