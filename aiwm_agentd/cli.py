@@ -3,33 +3,320 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
+import logging
 import sys
+import time
 from collections.abc import Sequence
+from typing import Any
 
 from aiwm_agentd import __version__
+from aiwm_agentd.config import (
+    DEFAULT_ENV_FILE,
+    EX_CONFIG,
+    ConfigError,
+    DaemonSettings,
+    build_agent_config,
+    load_daemon_settings,
+    read_env_file,
+    read_instruction_file,
+)
+
+EX_UNAVAILABLE = 69  # sysexits: the controller or the daemon could not be reached / refused
+
+
+def _add_env_file(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--env-file", default=DEFAULT_ENV_FILE, metavar="PATH",
+                        help=f"env file to read (default {DEFAULT_ENV_FILE}; the process environment "
+                             "fills in what it does not set)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="aiwm-agentd", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="aiwm-agentd",
+        description="Daemon that turns this machine into an AIWM-managed AI agent.",
+    )
     parser.add_argument("--version", action="version", version=f"aiwm-agentd {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    dev = sub.add_parser("dev-controller", help="run the embedded AIWM-compatible dev controller")
+    run = sub.add_parser("run", help="run the daemon (what systemd starts)")
+    _add_env_file(run)
+
+    check = sub.add_parser("check-config", help="validate the env file and print the resolved configuration")
+    _add_env_file(check)
+    check.add_argument("--connect", action="store_true",
+                       help="also connect to the controller and resolve its settings")
+
+    connect = sub.add_parser("connect", help="connect once, send one heartbeat, print what the controller said")
+    _add_env_file(connect)
+    connect.add_argument("--json", action="store_true", help="print machine-readable JSON")
+
+    status = sub.add_parser("status", help="read the running daemon's /health; exit 1 when unhealthy")
+    _add_env_file(status)
+    status.add_argument("--addr", help="HOST:PORT of the health endpoint (default: AIWM_HEALTH_ADDR)")
+    status.add_argument("--json", action="store_true", help="print the raw /health JSON")
+
+    ask = sub.add_parser("ask", help="run one Claude turn with the daemon's configuration and print the reply")
+    _add_env_file(ask)
+    ask.add_argument("text", help="the message to send")
+    ask.add_argument("--conversation", default="cli:ask", metavar="KEY",
+                     help="conversation key platform:chat[:thread] (default cli:ask); reuse it to continue")
+    ask.add_argument("--timeout", type=float, default=None, help="seconds to wait for the reply")
+
+    dev = sub.add_parser("dev-controller", help="run the embedded AIWM-compatible dev controller (loopback)")
     from aiwm_agentd import devcontroller
 
     devcontroller.add_arguments(dev)
     return parser
 
 
+def _load(env_file: str) -> tuple[dict[str, str], DaemonSettings]:
+    env = read_env_file(env_file)
+    return env, load_daemon_settings(env)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command == "dev-controller":
-        from aiwm_agentd import devcontroller
+    try:
+        if args.command == "run":
+            return cmd_run(args)
+        if args.command == "check-config":
+            return cmd_check_config(args)
+        if args.command == "connect":
+            return cmd_connect(args)
+        if args.command == "status":
+            return cmd_status(args)
+        if args.command == "ask":
+            return cmd_ask(args)
+        if args.command == "dev-controller":
+            from aiwm_agentd import devcontroller
 
-        return devcontroller.main(args)
+            return int(devcontroller.main(args))
+    except ConfigError as exc:
+        print(f"aiwm-agentd: configuration error: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    except KeyboardInterrupt:
+        return 130
     parser.error(f"unknown command {args.command}")
     return 2
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from aiwm_agentd.logs import parse_level, setup_logging
+
+    env, settings = _load(args.env_file)
+    setup_logging(parse_level(settings.log_level))
+    log = logging.getLogger("aiwm_agentd")
+    try:
+        settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise ConfigError("AIWM_STATE_DIR", "a writable directory", f"{settings.state_dir}: {exc.strerror}") from None
+    from aiwm_agentd.supervisor import Supervisor
+
+    log.info("aiwm-agentd %s starting (env file %s)", __version__, args.env_file)
+    return Supervisor(settings, env, env_file=args.env_file).run()
+
+
+def _print_provenance(rows: Sequence[tuple[str, str, str]]) -> None:
+    width = max((len(k) for k, _, _ in rows), default=10)
+    vwidth = min(48, max((len(v) for _, v, _ in rows), default=10))
+    for key, value, origin in rows:
+        print(f"  {key:<{width}}  {value:<{vwidth}}  {origin}")
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from aiwm_agentd.logs import mask_value
+
+    env, settings = _load(args.env_file)
+    print(f"env file: {args.env_file}")
+    print("daemon settings:")
+    secret_keys = {"AIWM_AGENT_SECRET"}
+    rows = []
+    for key, origin in sorted(settings.origins.items()):
+        raw = env.get(key, "")
+        shown = mask_value(raw) if key in secret_keys else (raw or _default_of(settings, key))
+        rows.append((key, shown, origin))
+    _print_provenance(rows)
+    controller = None
+    exit_code = 0
+    if args.connect and settings.enabled:
+        from aiwm_agentd.controller.client import ControllerClient, ControllerError
+
+        client = ControllerClient(settings.base_url, settings.agent_id, settings.agent_secret,
+                                  timeout=settings.request_timeout, verify=settings.verify)
+        try:
+            controller = client.connect()
+            print(f"controller: connected ({controller.wire_version})")
+        except ControllerError as exc:
+            print(f"controller: connect failed: {exc.describe()} [correlation id {exc.correlation_id}]")
+            exit_code = EX_UNAVAILABLE
+        finally:
+            client.close()
+    local = read_instruction_file(settings.instruction_file) if controller is None else None
+    config = build_agent_config(env, controller, settings, local)
+    print("agent configuration:")
+    _print_provenance([(p.key, p.shown, p.origin) for p in config.provenance])
+    for warning in config.warnings:
+        print(f"warning: {warning}")
+    if not settings.enabled:
+        print("mode: local (AIWM_ENABLED=false)")
+    print("configuration OK" if exit_code == 0 else "configuration OK, but the controller refused or is unreachable")
+    return exit_code
+
+
+def _default_of(settings: DaemonSettings, key: str) -> str:
+    attr = {
+        "AIWM_ENABLED": settings.enabled, "AIWM_ALLOW_INSECURE_HTTP": settings.allow_insecure_http,
+        "AIWM_HEARTBEAT_INTERVAL": settings.heartbeat_interval,
+        "AIWM_RECONNECT_INTERVAL": settings.reconnect_interval,
+        "AIWM_FALLBACK_RETRY_INTERVAL": settings.fallback_retry_interval,
+        "AIWM_REQUEST_TIMEOUT": settings.request_timeout, "AIWM_CONNECT_RETRIES": settings.connect_retries,
+        "AIWM_SHUTDOWN_TIMEOUT": settings.shutdown_timeout,
+        "AIWM_HEALTH_ADDR": "off" if settings.health_addr is None else "{}:{}".format(*settings.health_addr),
+        "AIWM_STATE_DIR": settings.state_dir, "AIWM_INSTRUCTION_FILE": settings.instruction_file,
+        "LOG_LEVEL": settings.log_level, "AIWM_CA_BUNDLE": settings.ca_bundle or "(system CAs)",
+    }.get(key, "")
+    return str(attr) if attr != "" else "(unset)"
+
+
+def cmd_connect(args: argparse.Namespace) -> int:
+    from aiwm_agentd.controller.client import ControllerClient, ControllerError
+    from aiwm_agentd.logs import mask
+    from aiwm_agentd.session import MetricsSampler
+
+    env, settings = _load(args.env_file)
+    if not settings.enabled:
+        print("AIWM_ENABLED=false: nothing to connect to (local mode)", file=sys.stderr)
+        return EX_CONFIG
+    client = ControllerClient(settings.base_url, settings.agent_id, settings.agent_secret,
+                              timeout=settings.request_timeout, verify=settings.verify)
+    report: dict[str, Any] = {"controller": settings.base_url, "agent_id": settings.agent_id}
+    code = 0
+    try:
+        started = time.monotonic()
+        controller = client.connect()
+        report["connect"] = {
+            "ok": True,
+            "seconds": round(time.monotonic() - started, 3),
+            "wire_version": controller.wire_version,
+            "agent_name": controller.agent_name,
+            "token": "*** (received)",
+            "token_expires_at": controller.expires_at,
+            "instruction": controller.instruction[:500],
+            "tools": list(controller.tools or ()),
+            "allowed_functions": list(controller.allowed_functions),
+            "settings_keys": sorted(controller.settings.keys()),
+            "mcp_servers": sorted(controller.mcp_servers.keys()),
+            "deployment_base_url": controller.deployment_base_url,
+            "channels": [{"platform": c.platform, "enabled": c.enabled, "channel_ids": list(c.channel_ids)}
+                         for c in controller.channels],
+        }
+        config = build_agent_config(env, controller, settings)
+        report["warnings"] = list(config.warnings)
+        sampler = MetricsSampler()
+        for status in ("idle", "online"):
+            try:
+                hb = client.heartbeat(controller.token, status, sampler.sample(0, False))
+                report["heartbeat"] = {"ok": True, "status_sent": status, "answer": dict(hb.body)}
+                break
+            except ControllerError as exc:
+                report["heartbeat"] = {"ok": False, "status_sent": status, "error": exc.describe(),
+                                       "correlation_id": exc.correlation_id}
+                if not (exc.kind == "rejected" and exc.mentions("status")):
+                    code = EX_UNAVAILABLE
+                    break
+        with contextlib.suppress(ControllerError):
+            client.disconnect(controller.token, "aiwm-agentd connect (manual test)", timeout=2.0)
+    except ControllerError as exc:
+        report["connect"] = {"ok": False, "error": exc.describe(), "kind": exc.kind,
+                             "correlation_id": exc.correlation_id}
+        code = EX_UNAVAILABLE
+    finally:
+        client.close()
+    text = json.dumps(report, indent=2, default=str)
+    print(mask(text))
+    return code
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import requests
+
+    addr = args.addr
+    if not addr:
+        try:
+            _, settings = _load(args.env_file)
+        except ConfigError:
+            settings = None
+        if settings is None or settings.health_addr is None:
+            addr = "127.0.0.1:9464"
+        else:
+            addr = "{}:{}".format(*settings.health_addr)
+    try:
+        response = requests.get(f"http://{addr}/health", timeout=5)
+        data = response.json()
+    except (requests.RequestException, ValueError) as exc:
+        print(f"aiwm-agentd is not answering on http://{addr}/health: {type(exc).__name__}", file=sys.stderr)
+        return EX_UNAVAILABLE
+    if args.json:
+        print(json.dumps(data, indent=2))
+    else:
+        print(format_status(data))
+    return 0 if data.get("healthy") else 1
+
+
+def format_status(data: dict[str, Any]) -> str:
+    agent = data.get("agent", {})
+    ctl = data.get("controller", {})
+    hb = data.get("heartbeat", {})
+    token = data.get("token", {})
+    cfg = data.get("config", {})
+    lines = [
+        f"aiwm-agentd {data.get('version', '?')}: {'healthy' if data.get('healthy') else 'UNHEALTHY'}, "
+        f"state {data.get('state')}, up {data.get('uptime_s', 0)} s",
+        f"agent:      {agent.get('name')} ({agent.get('id') or 'no id'})",
+        f"controller: {ctl.get('url') or '(local mode)'} {ctl.get('version') or ''}".rstrip()
+        + (f"; last error: {ctl['last_error']}" if ctl.get("last_error") else ""),
+        f"heartbeat:  last {hb.get('last') or 'never'}"
+        + (f" ({hb['age_s']} s ago)" if hb.get("age_s") is not None else "")
+        + f", every {hb.get('interval_s')} s, {hb.get('failures_in_row', 0)} failures in a row",
+        f"token:      expires {token.get('expires_at') or 'n/a'}, refreshed {token.get('refreshes', 0)} times",
+        f"config:     from {cfg.get('source')}, model {cfg.get('model')}, {cfg.get('updates', 0)} updates",
+    ]
+    for name, w in (data.get("workers") or {}).items():
+        lines.append(f"worker {name}: {w.get('state')}" + (f" - {w['detail']}" if w.get("detail") else ""))
+    for problem in data.get("problems", []):
+        lines.append(f"PROBLEM: {problem}")
+    for item in data.get("degraded", []):
+        lines.append(f"degraded: {item}")
+    return "\n".join(lines)
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    from aiwm_agentd.controller.client import ControllerClient, ControllerError
+    from aiwm_agentd.logs import parse_level, setup_logging
+    from aiwm_agentd.runner.ask import ask_once
+    from aiwm_agentd.workers import ConversationKey
+
+    env, settings = _load(args.env_file)
+    setup_logging(max(parse_level(settings.log_level), logging.WARNING))
+    controller = None
+    if settings.enabled:
+        client = ControllerClient(settings.base_url, settings.agent_id, settings.agent_secret,
+                                  timeout=settings.request_timeout, verify=settings.verify)
+        try:
+            controller = client.connect()
+        except ControllerError as exc:
+            print(f"aiwm-agentd: controller unavailable ({exc.describe()}); using the local configuration",
+                  file=sys.stderr)
+        finally:
+            client.close()
+    local = read_instruction_file(settings.instruction_file) if controller is None else None
+    config = build_agent_config(env, controller, settings, local)
+    reply = ask_once(config, args.text, ConversationKey.parse(args.conversation), timeout=args.timeout)
+    print(reply.text)
+    return 1 if reply.error else 0
 
 
 if __name__ == "__main__":

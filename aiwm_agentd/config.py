@@ -153,7 +153,7 @@ class DaemonSettings:
     reconnect_interval: float
     fallback_retry_interval: float
     request_timeout: float
-    connect_attempts: int
+    connect_retries: int
     shutdown_timeout: float
     ca_bundle: str
     health_addr: tuple[str, int] | None
@@ -288,7 +288,7 @@ def load_daemon_settings(env: Mapping[str, str]) -> DaemonSettings:
             env, "AIWM_FALLBACK_RETRY_INTERVAL", parse_seconds, 300.0, origins
         ),
         request_timeout=_env_parsed(env, "AIWM_REQUEST_TIMEOUT", parse_seconds, 10.0, origins),
-        connect_attempts=_env_parsed(env, "AIWM_CONNECT_ATTEMPTS", parse_positive_int, 3, origins),
+        connect_retries=_env_parsed(env, "AIWM_CONNECT_RETRIES", parse_positive_int, 3, origins),
         shutdown_timeout=_env_parsed(env, "AIWM_SHUTDOWN_TIMEOUT", parse_seconds, 10.0, origins),
         ca_bundle=ca_bundle,
         health_addr=_env_parsed(
@@ -522,6 +522,12 @@ def read_instruction_file(path: str) -> str | None:
     return text or None
 
 
+def _preview(text: str, limit: int = 48) -> str:
+    """One line: the start of a long text and its length."""
+    line = " ".join(text.split())
+    return f"{line[:limit]}... ({len(text)} chars)" if len(line) > limit else line
+
+
 def build_agent_config(
     env: Mapping[str, str],
     controller: ControllerConfig | None,
@@ -534,13 +540,14 @@ def build_agent_config(
 
     if controller is not None:
         instruction = controller.instruction or DEFAULT_INSTRUCTION
-        r._record("instruction", f"{len(instruction)} chars", "controller (instruction)")
+        origin = "controller (instruction)"
     elif local_instruction:
         instruction = local_instruction
-        r._record("instruction", f"{len(instruction)} chars", f"file ({daemon.instruction_file})")
+        origin = f"file ({daemon.instruction_file})"
     else:
         instruction = DEFAULT_INSTRUCTION
-        r._record("instruction", instruction, "default")
+        origin = "default"
+    r._record("instruction", _preview(instruction), origin)
 
     model = r.resolve("claude.model", parse_text, DEFAULT_MODEL, flat="claude_model", nested="claudeModel",
                       env="CLAUDE_MODEL")

@@ -1,0 +1,39 @@
+"""Prometheus metrics: the guide's six counters plus gauges, in the daemon's own registry."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Info, generate_latest
+from prometheus_client.process_collector import ProcessCollector
+
+from aiwm_agentd import __version__
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        # prometheus-client appends `_total` to counters: these export exactly the guide's names.
+        self.connection_success = Counter("aiwm_connection_success", "Successful AIWM connects", registry=r)
+        self.connection_failure = Counter("aiwm_connection_failure", "Failed AIWM connect attempts",
+                                          ["reason"], registry=r)
+        self.heartbeat_success = Counter("aiwm_heartbeat_success", "Successful heartbeats", registry=r)
+        self.heartbeat_failure = Counter("aiwm_heartbeat_failure", "Failed heartbeats", ["reason"], registry=r)
+        self.token_refresh = Counter("aiwm_token_refresh", "Token refreshes (reconnects)", registry=r)
+        self.config_update = Counter("aiwm_config_update", "Configuration changes applied", registry=r)
+        self.connected = Gauge("aiwm_connected", "1 while a controller session is held", registry=r)
+        self.fallback = Gauge("aiwm_fallback", "1 while serving the local fallback configuration", registry=r)
+        self.last_heartbeat = Gauge("aiwm_last_heartbeat_timestamp_seconds",
+                                    "Unix time of the last successful heartbeat", registry=r)
+        self.token_expiry = Gauge("aiwm_token_expiry_timestamp_seconds", "Unix time the token expires",
+                                  registry=r)
+        self.busy = Gauge("aiwm_agent_busy", "1 while any Claude turn runs", registry=r)
+        self.worker_up = Gauge("aiwm_worker_up", "1 when the worker is healthy", ["worker"], registry=r)
+        self.info = Info("aiwm_agentd", "Build and controller information", registry=r)
+        self.info.info({"version": __version__, "controller_version": ""})
+        ProcessCollector(registry=r)
+
+    def set_controller_version(self, version: str) -> None:
+        self.info.info({"version": __version__, "controller_version": version})
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
