@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import logging
 import threading
 from collections.abc import Callable
@@ -79,5 +81,11 @@ class HealthServer:
         self._thread.start()
 
     def stop(self) -> None:
-        self._server.shutdown()
+        if self._thread.is_alive():
+            stopper = threading.Thread(target=self._server.shutdown, daemon=True)
+            stopper.start()
+            # serve_forever notices the request only at its next poll; a connection wakes it now.
+            with contextlib.suppress(OSError), socket.create_connection(self.address, timeout=0.2):
+                pass
+            stopper.join(1.0)
         self._server.server_close()

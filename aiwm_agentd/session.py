@@ -58,7 +58,7 @@ class OnceLog:
         return True
 
     def recovered(self, topic: str, message: str, *args: Any) -> None:
-        if self._last.pop(topic, None) is not None:
+        if self._last.pop(topic, None) is not None and message:
             self._logger.info(message, *args)
 
 

@@ -300,12 +300,14 @@ class Supervisor:
             return
 
     def _enter_fallback(self, exc: ControllerError) -> None:
-        self._once.failure("connect", exc.signature, logging.ERROR,
+        self._once.failure("fallback", exc.signature, logging.ERROR,
                            "cannot connect to the controller: %s [correlation id %s]; %s",
                            exc.describe(), exc.correlation_id, _advice(exc))
         had_session = self.session.controller is not None
-        self._set_state("disconnected" if had_session else "fallback", exc.describe())
-        if not had_session:
+        new_state = "disconnected" if had_session else "fallback"
+        entering = self.session.state != new_state
+        self._set_state(new_state, exc.describe())
+        if entering and not had_session:
             log.warning("serving the local configuration (instruction file, env, defaults); retrying the "
                         "controller every %g s", self.settings.fallback_retry_interval)
         self._retry_attempt = 0
@@ -352,12 +354,12 @@ class Supervisor:
             self.metrics.token_refresh.inc()
         self._retry_attempt = 0
         self._retry_due = None
-        self._once.recovered("connect", "connected to the controller again")
+        self._once.recovered("fallback", "connected to the controller again")
+        self._once.recovered("connect", "")
         with self._lock:
             self.session.controller = controller
             self.session.connected_at = time.time()
             self.session.last_error = ""
-        self._set_state("connected")
         self.metrics.set_controller_version(controller.wire_version)
         self.metrics.token_expiry.set(controller.expires_at or 0)
         log.info("%s: connected to %s as %s (controller %s, token expires %s)", why, self.settings.base_url,
@@ -370,6 +372,7 @@ class Supervisor:
         else:
             # Same configuration, new token: MCP Authorization headers must follow the token.
             self._apply_config(self._build_config(controller), "", quiet=True)
+        self._set_state("connected")
         self._heartbeat_due = time.monotonic()
         self._refresh_due = time.monotonic() + self._refresh_delay(controller)
 
@@ -579,11 +582,7 @@ class Supervisor:
         self._set_state("stopping", why)
         self.notifier.stopping("stopping")
         log.info("stopping (%s)", why)
-        health_stop = None
-        if self._health:
-            # serve_forever notices a shutdown only at its next poll: overlap that with the rest.
-            health_stop = threading.Thread(target=self._health.stop, name="health-stop", daemon=True)
-            health_stop.start()
+
         # Platforms first (stop intake), then the runner (running turns get the rest of the deadline).
         self._stop_workers(self.platforms, deadline - DISCONNECT_BUDGET)
         self._stop_workers([self.runner] if self.runner else [], deadline - DISCONNECT_BUDGET)
@@ -596,8 +595,8 @@ class Supervisor:
             except ControllerError as exc:
                 log.warning("disconnect not acknowledged: %s", exc.describe())
         self._client.close()
-        if health_stop:
-            health_stop.join(max(0.0, deadline - time.monotonic()))
+        if self._health:
+            self._health.stop()
         self.notifier.close()
         log.info("stopped in %.2f s", time.monotonic() - started)
         return EXIT_OK
