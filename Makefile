@@ -1,6 +1,6 @@
 # make run: the dev controller + the daemon against it on loopback. make test: the unit/integration suite.
 SHELL := /bin/bash
-PYTHON ?= python3
+PYTHON ?= $(shell test -x /usr/bin/python3 && echo /usr/bin/python3 || echo python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
