@@ -106,6 +106,7 @@ class Supervisor:
         self._worker_restarts: dict[str, tuple[int, float]] = {}  # name -> (attempts, next allowed)
         self._health: HealthServer | None = None
         self._last_status = ""
+        self._heartbeat_logged = False  # the first heartbeat after each connect is logged at INFO
         self._ready = False  # READY=1 sent: later configuration changes count as updates
         # Job deadlines on the monotonic clock; None = not scheduled.
         self._heartbeat_due: float | None = None
@@ -373,6 +374,7 @@ class Supervisor:
             # Same configuration, new token: MCP Authorization headers must follow the token.
             self._apply_config(self._build_config(controller), "", quiet=True)
         self._set_state("connected")
+        self._heartbeat_logged = False
         self._heartbeat_due = time.monotonic()
         self._refresh_due = time.monotonic() + self._refresh_delay(controller)
 
@@ -406,7 +408,10 @@ class Supervisor:
         self.metrics.heartbeat_success.inc()
         self.metrics.last_heartbeat.set(s.last_heartbeat_at)
         self._once.recovered("heartbeat", "heartbeats are accepted again")
-        log.debug("heartbeat %s accepted [correlation id %s]", status, result.correlation_id)
+        level = logging.INFO if not self._heartbeat_logged else logging.DEBUG
+        log.log(level, "heartbeat %s accepted; next every ~%g s [correlation id %s]", status,
+                self.settings.heartbeat_interval, result.correlation_id)
+        self._heartbeat_logged = True
         if result.notices:
             notices = {k: str(v)[:200] for k, v in result.notices.items()}
             log.info("controller notice with heartbeat: %s", notices)

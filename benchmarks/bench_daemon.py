@@ -19,8 +19,8 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.fakes.faulty_controller import FaultyController  # noqa: E402
-from tests.harness import Daemon, controller_env, wait_for  # noqa: E402
+from tests.fakes.faulty_controller import FaultyController
+from tests.harness import Daemon, controller_env, wait_for
 
 
 def start_daemon(ctl: FaultyController) -> tuple[float, Daemon]:

@@ -118,7 +118,7 @@ class Daemon:
 
     def wait_ready(self, timeout: float = 15.0) -> float:
         assert self.notify is not None
-        wait_for(lambda: self.notify and self.notify.first("READY") or self.proc.poll() is not None, timeout,
+        wait_for(lambda: (self.notify and self.notify.first("READY")) or self.proc.poll() is not None, timeout,
                  what="READY=1")
         assert self.proc.poll() is None, f"daemon exited {self.proc.returncode}:\n{self.output()}"
         at = self.notify.first("READY")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import signal
 import subprocess
 import sys
@@ -48,7 +49,7 @@ def test_notify_protocol_ready_watchdog_status_stopping(ctl: FaultyController, d
     # The watchdog ping always travels alone, so a bad status line can never take it down with it.
     assert all(text == "WATCHDOG=1\n" for _, text in d.notify.messages if "WATCHDOG" in text)
     pings = [at for at, text in d.notify.messages if text == "WATCHDOG=1\n"]
-    gaps = [b - a for a, b in zip(pings, pings[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(pings)]
     assert max(gaps) < 0.4, gaps  # half of WATCHDOG_USEC, with slack for a loaded machine
     statuses = [line for line in d.notify.lines() if line.startswith("STATUS=")]
     assert any("connected to AIWM (v5)" in s for s in statuses), statuses
@@ -65,7 +66,7 @@ def test_heartbeats_arrive_on_schedule_with_metrics(ctl: FaultyController, daemo
     wait_for(lambda: len(ctl.heartbeats) >= 6, 5, what="6 heartbeats")
     beats = ctl.heartbeats
     times = [b["time"] for b in beats]
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     # Jitter stays inside the interval: never later than it (plus scheduling slack), never much earlier.
     assert all(0.2 <= g <= 0.4 for g in gaps[1:]), gaps
     first = beats[0]
