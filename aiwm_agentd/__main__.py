@@ -1,3 +1,5 @@
-from aiwm_agentd.cli import main
 import sys
+
+from aiwm_agentd.cli import main
+
 sys.exit(main())

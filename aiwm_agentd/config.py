@@ -237,6 +237,7 @@ def load_daemon_settings(env: Mapping[str, str]) -> DaemonSettings:
     enabled = _env_parsed(env, "AIWM_ENABLED", parse_bool, True, origins)
     allow_insecure = _env_parsed(env, "AIWM_ALLOW_INSECURE_HTTP", parse_bool, False, origins)
     base_url = _env(env, "AIWM_BASE_URL").rstrip("/")
+    logs.register_secret(urlsplit(base_url).password)  # https://user:password@host would otherwise show
     agent_id = _env(env, "AIWM_AGENT_ID")
     secret = _env(env, "AIWM_AGENT_SECRET")
     if enabled:

@@ -18,7 +18,8 @@ MASK = "***"
 _MIN_SECRET_LEN = 6
 
 _JWT_RE = re.compile(r"eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}")
-_TELEGRAM_TOKEN_RE = re.compile(r"\b\d{5,}:[A-Za-z0-9_-]{30,}\b")
+# Not `\b`: in Bot API URLs the token follows "/bot" directly, and it may end in "-".
+_TELEGRAM_TOKEN_RE = re.compile(r"(?<![0-9])\d{5,}:[A-Za-z0-9_-]{30,}(?![A-Za-z0-9_-])")
 _BEARER_RE = re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]{8,}")
 
 _lock = threading.Lock()
@@ -112,7 +113,7 @@ def setup_logging(level: int = logging.INFO, stream: TextIO | None = None) -> No
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
-    # These libraries log request URLs, and Telegram URLs carry the bot token; keep them quiet
-    # unless the operator asks for debug output (the filter masks them either way).
+    # These libraries log request URLs (Telegram URLs carry the bot token) and are chatty: they stay at
+    # WARNING even with LOG_LEVEL=DEBUG, and the filter masks what they do log either way.
     for noisy in ("httpx", "httpcore", "urllib3", "discord.http", "discord.gateway", "telegram.ext"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))

@@ -114,7 +114,7 @@ class Supervisor:
         self._retry_due: float | None = None
         self._retry_attempt = 0
         self._watchdog_due: float | None = None
-        self._worker_check_due = time.monotonic() + WORKER_CHECK_INTERVAL
+        self._worker_check_due: float | None = None  # scheduled once there are workers
 
     @property
     def workers(self) -> list[Worker]:
@@ -232,21 +232,25 @@ class Supervisor:
             self._wake.clear()
 
     def _run_due_jobs(self) -> None:
+        # Each job may block on the controller for up to the request timeout: ping between jobs so that
+        # several slow calls in one round cannot add up past the watchdog.
+        self._ping_watchdog_if_due()
         now = time.monotonic()
-        if self._watchdog_due is not None and now >= self._watchdog_due:
-            self._ping_watchdog()
         if self._retry_due is not None and now >= self._retry_due:
             self._retry_due = None
             self._attempt_connect("retry")
+            self._ping_watchdog_if_due()
         if self._refresh_due is not None and now >= self._refresh_due:
             self._refresh_due = None
             self._attempt_connect("token refresh")
+            self._ping_watchdog_if_due()
         if self._heartbeat_due is not None and time.monotonic() >= self._heartbeat_due:
             self._send_heartbeat()
-        if time.monotonic() >= self._worker_check_due:
+            self._ping_watchdog_if_due()
+        if self._worker_check_due is not None and time.monotonic() >= self._worker_check_due:
             self._worker_check_due = time.monotonic() + WORKER_CHECK_INTERVAL
             self._check_workers()
-            self._update_status()
+        self._update_status()
 
     def _handle_requests(self) -> None:
         if self._reload_requested:
@@ -264,6 +268,10 @@ class Supervisor:
                 return
             for f in futures:
                 f.set_result(changes)
+
+    def _ping_watchdog_if_due(self) -> None:
+        if self._watchdog_due is not None and time.monotonic() >= self._watchdog_due:
+            self._ping_watchdog()
 
     def _ping_watchdog(self) -> None:
         self.notifier.watchdog()
@@ -486,6 +494,7 @@ class Supervisor:
                 self.runner, self.platforms = runner, platforms
             for worker in self.workers:
                 self._start_worker(worker)
+            self._worker_check_due = time.monotonic() + WORKER_CHECK_INTERVAL
             return
         for worker in self.workers:
             try:
@@ -540,6 +549,7 @@ class Supervisor:
         try:
             env = read_env_file(self.env_file)
             settings = load_daemon_settings(env)
+            build_agent_config(env, None, settings)  # every env value checked, even those the controller overrides
         except ConfigError as exc:
             log.error("%s: reload refused, keeping the running configuration: %s", why, exc)
             self.notifier.ready(self._status_line())
@@ -647,9 +657,8 @@ class Supervisor:
         """A backoff wait that still pings the watchdog and ends at once on a stop request."""
         end = time.monotonic() + seconds
         while not self._stop_requested:
+            self._ping_watchdog_if_due()
             now = time.monotonic()
-            if self._watchdog_due is not None and now >= self._watchdog_due:
-                self._ping_watchdog()
             remaining = end - now
             if remaining <= 0:
                 return
@@ -670,8 +679,8 @@ class Supervisor:
         s = self.session
         name = self.config.agent_name
         if s.state == "connected":
-            age = self._heartbeat_age()
-            hb = f"; heartbeat {age:.0f} s ago" if age is not None else ""
+            at = s.last_heartbeat_at
+            hb = f"; last heartbeat {datetime.fromtimestamp(at).strftime('%H:%M:%S')}" if at else ""
             return f"{name}: connected to AIWM ({s.controller.wire_version if s.controller else ''}){hb}"
         if s.state == "fallback":
             return f"{name}: local configuration ({s.last_error})"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -204,7 +205,7 @@ class ControllerClient:
         body = self._decode(raw, response.status_code, cid)
         if 200 <= response.status_code < 300:
             return body, cid
-        message, errors = _error_message(body, response)
+        message, errors = _error_message(body, response, self._secret)
         raise ControllerError(
             _classify(response.status_code, message, kind), message, status=response.status_code,
             correlation_id=cid, retry_after=parse_retry_after(response.headers.get("Retry-After")),
@@ -219,8 +220,13 @@ class ControllerClient:
                                   correlation_id=cid)
         chunks: list[bytes] = []
         size = 0
+        # requests' timeout bounds each socket read, not the whole body: a server dripping bytes could
+        # otherwise hold the supervisor (and its watchdog pings) far longer than the request timeout.
+        deadline = time.monotonic() + 2 * self.timeout
         try:
             for chunk in response.iter_content(65536):
+                if time.monotonic() > deadline:
+                    raise ControllerError("timeout", "the response body took too long", correlation_id=cid)
                 size += len(chunk)
                 if size > MAX_RESPONSE_BYTES:
                     raise ControllerError("invalid_response", f"response exceeds the {MAX_RESPONSE_BYTES} "
@@ -245,7 +251,7 @@ class ControllerClient:
             return {}
 
 
-def _error_message(body: Any, response: requests.Response) -> tuple[str, tuple[str, ...]]:
+def _error_message(body: Any, response: requests.Response, secret: str = "") -> tuple[str, tuple[str, ...]]:
     message = ""
     errors: tuple[str, ...] = ()
     if isinstance(body, Mapping):
@@ -256,6 +262,9 @@ def _error_message(body: Any, response: requests.Response) -> tuple[str, tuple[s
         message = str(raw)
         if isinstance(body.get("errors"), list):
             errors = tuple(str(e) for e in body["errors"])
+    if secret:  # a controller or proxy echoing the request must not carry the secret into logs
+        message = message.replace(secret, "***")
+        errors = tuple(e.replace(secret, "***") for e in errors)
     return (message or response.reason or f"HTTP {response.status_code}")[:300], errors
 
 

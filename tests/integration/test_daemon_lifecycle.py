@@ -154,7 +154,12 @@ def test_sighup_reloads_env_and_reconnects(ctl: FaultyController, daemon: MakeDa
     d.update_env(AIWM_HEARTBEAT_INTERVAL="soon")
     d.send(signal.SIGHUP)
     d.wait_for_log(r"reload refused.*AIWM_HEARTBEAT_INTERVAL")
+    # So is a bad agent setting, even one the controller currently overrides.
+    d.update_env(AIWM_HEARTBEAT_INTERVAL="0.3", CLAUDE_MAX_TURNS="many")
+    d.send(signal.SIGHUP)
+    d.wait_for_log(r"reload refused.*CLAUDE_MAX_TURNS")
     assert d.proc.poll() is None
+    assert d.health()["config"]["model"] == "claude-env-two"
     assert d.stop()[0] == 0
 
 
