@@ -1,0 +1,176 @@
+"""The Discord bot: a discord.py `Client` started with `start()` and stopped with `close()` in the worker loop.
+
+Never `client.run()` (it wraps asyncio.run and installs signal handlers). A fresh Client per session.
+The REST base and the gateway are process-wide class attributes in discord.py (`http.Route.BASE`,
+`gateway.DiscordWebSocket.DEFAULT_GATEWAY`); DISCORD_API_BASE_URL / DISCORD_GATEWAY_URL set them before each
+session (one Discord worker per process).
+
+Health: ready, not closed, finite heartbeat latency. During an outage discord.py keeps `is_ready()` True and
+reconnects by itself while latency is infinite: that is "degraded", not a reason to restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import re
+import time
+from typing import TYPE_CHECKING, Any
+
+from aiwm_agentd.config import PlatformConfig
+from aiwm_agentd.platforms.addressing import Inbound, should_answer
+from aiwm_agentd.platforms.base import ConfigurationError, PlatformWorker
+from aiwm_agentd.platforms.commands import parse_command
+from aiwm_agentd.workers import ConversationKey, HealthState
+
+if TYPE_CHECKING:
+    import discord
+
+PUBLIC_API = "https://discord.com/api/v10"
+PUBLIC_GATEWAY = "wss://gateway.discord.gg/"
+NOT_READY_GRACE = 30.0  # seconds before "still connecting" counts as degraded
+
+
+def use_endpoints(config: PlatformConfig) -> None:
+    """Point discord.py at DISCORD_API_BASE_URL / DISCORD_GATEWAY_URL, or back at the public service."""
+    import yarl
+    from discord.gateway import DiscordWebSocket
+    from discord.http import Route
+
+    Route.BASE = config.api_base_url.rstrip("/") or PUBLIC_API
+    DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(config.gateway_url or PUBLIC_GATEWAY)
+
+
+def build_client(worker: DiscordWorker) -> discord.Client:
+    import discord
+
+    intents = discord.Intents.none()
+    intents.guilds = True
+    intents.guild_messages = True
+    intents.dm_messages = True
+    intents.message_content = True  # privileged: without it we'd see no text unless mentioned
+    client = discord.Client(
+        intents=intents,
+        guild_ready_timeout=worker.guild_ready_timeout,
+        chunk_guilds_at_startup=False,
+        max_messages=None,
+        allowed_mentions=discord.AllowedMentions(everyone=False, roles=False, users=True, replied_user=True),
+    )
+
+    async def on_message(message: discord.Message) -> None:
+        worker.on_message(client, message)
+
+    client.event(on_message)
+    return client
+
+
+class DiscordResponder:
+    def __init__(self, message: discord.Message) -> None:
+        self._message = message
+
+    async def send(self, text: str) -> None:
+        # discord.py retries 429s itself, honouring retry_after.
+        await self._message.reply(text, mention_author=False)
+
+    async def typing(self) -> None:
+        await self._message.channel.typing()
+
+
+class DiscordWorker(PlatformWorker):
+    name = "discord"
+    message_limit = 2000
+    typing_interval = 8.0  # a Discord typing indicator lasts 10 s
+    guild_ready_timeout = 0.5
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._client: discord.Client | None = None
+
+    async def _session(self, config: PlatformConfig) -> None:
+        import discord
+
+        use_endpoints(config)
+        client = build_client(self)
+        self._client = client
+        began = time.monotonic()
+        runner = asyncio.get_running_loop().create_task(client.start(config.token))
+        monitor = asyncio.get_running_loop().create_task(self._monitor(lambda: self._probe(client, began)))
+        try:
+            done, _ = await asyncio.wait({runner, monitor}, return_when=asyncio.FIRST_COMPLETED)
+            if runner in done:
+                monitor.cancel()
+                exc = runner.exception()
+                if isinstance(exc, discord.LoginFailure):
+                    raise ConfigurationError(
+                        "Discord rejected the bot token (401 Unauthorized): check DISCORD_TOKEN "
+                        "or the discord channel token on the controller"
+                    )
+                if isinstance(exc, discord.PrivilegedIntentsRequired):
+                    raise ConfigurationError(
+                        "Discord refused the Message Content intent: enable 'Message Content Intent' for "
+                        "this bot in the Discord Developer Portal (Bot > Privileged Gateway Intents)"
+                    )
+                if isinstance(exc, discord.ConnectionClosed) and exc.code == 4004:
+                    raise ConfigurationError("Discord gateway rejected the bot token (close code 4004)")
+                if exc is not None:
+                    raise exc
+                raise RuntimeError("Discord client stopped")
+            monitor.result()
+        finally:
+            monitor.cancel()
+            if not client.is_closed():
+                await self._bounded("discord close", client.close())
+            if not runner.done():
+                runner.cancel()
+                await asyncio.wait({runner}, timeout=0.1)
+            elif not runner.cancelled():
+                runner.exception()  # retrieved, so asyncio does not log it again
+            self._client = None
+
+    def _probe(self, client: discord.Client, began: float) -> tuple[HealthState, str]:
+        if client.is_closed():
+            raise RuntimeError("Discord client closed")
+        if not client.is_ready():
+            if time.monotonic() - began > NOT_READY_GRACE:
+                return "degraded", "not ready yet (gateway unreachable?)"
+            return "starting", "connecting to the gateway"
+        if not math.isfinite(client.latency):
+            return "degraded", "gateway connection lost; reconnecting"
+        user = client.user
+        return "ok", f"connected as {user} (latency {client.latency * 1000:.0f} ms)"
+
+    # --------------------------------------------------------------------------------------------
+
+    def on_message(self, client: discord.Client, message: discord.Message) -> None:
+        import discord
+
+        me = client.user
+        if me is None:
+            return
+        channel = message.channel
+        chat_ids = [str(channel.id)]
+        thread = ""
+        if isinstance(channel, discord.Thread) and channel.parent_id:
+            chat_ids.append(str(channel.parent_id))
+            thread = str(channel.id)
+        resolved = message.reference.resolved if message.reference else None
+        inbound = Inbound(
+            author_is_bot=message.author.bot or message.author.id == me.id,
+            is_direct=isinstance(channel, discord.DMChannel),
+            chat_ids=tuple(chat_ids),
+            mentioned=me.id in message.raw_mentions or any(u.id == me.id for u in message.mentions),
+            replied_to_bot=isinstance(resolved, discord.Message) and resolved.author.id == me.id,
+        )
+        if not should_answer(inbound, self._config):
+            return
+        text = strip_mention(message.content, me.id)
+        command = parse_command(text)
+        if command is not None and command.for_other_bot:
+            return
+        key = ConversationKey("discord", chat_ids[-1], thread)
+        self.handle_message(key, text, command, DiscordResponder(message))
+
+
+def strip_mention(text: str, user_id: int) -> str:
+    return re.sub(rf"[ \t]*<@!?{user_id}>[ \t]*", " ", text).strip()
+

@@ -1,0 +1,405 @@
+"""The real PTB Application and the real discord.py Client, driven through the workers against loopback fakes."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import io
+import logging
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:  # `tests.fakes` without relying on the current directory
+    sys.path.insert(0, str(ROOT))
+
+from aiwm_agentd import logs  # noqa: E402
+from aiwm_agentd.config import AgentConfig, build_agent_config, load_daemon_settings  # noqa: E402
+from aiwm_agentd.platforms import DiscordWorker, TelegramWorker, build_platform_workers  # noqa: E402
+from aiwm_agentd.workers import ConversationKey, Reply  # noqa: E402
+from tests.fakes.discord import BOT_ID, CHANNEL_ID, OTHER_CHANNEL_ID, FakeDiscord  # noqa: E402
+from tests.fakes.telegram import FakeTelegram  # noqa: E402
+
+# Not token-shaped on purpose: only registration + the masking filter can keep them out of the logs.
+TELEGRAM_TOKEN = "424242:tg-secret-value-xyz"
+DISCORD_TOKEN = "dc-secret-value.abc.def-123"
+GROUP = -1001
+OTHER_GROUP = -1002
+
+
+class FakeRunner:
+    """The Runner protocol: answers `answer(text)` after `delay`, one turn at a time, in submit order."""
+
+    def __init__(self) -> None:
+        self.answer: Callable[[str], str] = lambda text: f"echo: {text}"
+        self.delay = 0.0
+        self.submits: list[tuple[ConversationKey, str]] = []
+        self.resets: list[ConversationKey] = []
+        self.interrupts: list[ConversationKey] = []
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+
+    def submit(self, conversation: ConversationKey, text: str) -> concurrent.futures.Future[Reply]:
+        self.submits.append((conversation, text))
+        if not self.delay:
+            future: concurrent.futures.Future[Reply] = concurrent.futures.Future()
+            future.set_result(Reply(text=self.answer(text)))
+            return future
+
+        def turn() -> Reply:
+            time.sleep(self.delay)
+            return Reply(text=self.answer(text))
+
+        return self._pool.submit(turn)
+
+    def reset(self, conversation: ConversationKey) -> None:
+        self.resets.append(conversation)
+
+    def interrupt(self, conversation: ConversationKey) -> bool:
+        self.interrupts.append(conversation)
+        return True
+
+    def queue_depth(self, conversation: ConversationKey | None = None) -> int:
+        return 0
+
+    @property
+    def busy(self) -> bool:
+        return False
+
+
+class FakeControl:
+    def __init__(self) -> None:
+        self.reloads = 0
+
+    def status_summary(self) -> dict[str, Any]:
+        return {"agent": "test-agent", "controller": "local", "model": "claude-haiku-4-5"}
+
+    def request_reload(self) -> concurrent.futures.Future[list[str]]:
+        self.reloads += 1
+        future: concurrent.futures.Future[list[str]] = concurrent.futures.Future()
+        future.set_result(["telegram.target_ids: -1001 -> -1001,-1002"])
+        return future
+
+
+def make_config(tg: FakeTelegram | None, dc: FakeDiscord | None, **extra: str) -> AgentConfig:
+    env = {"AIWM_ENABLED": "false", "AIWM_STATE_DIR": "/tmp"}
+    if tg is not None:
+        env.update(TELEGRAM_BOT_TOKEN=tg.token, TELEGRAM_GROUP_ID=str(GROUP), TELEGRAM_API_BASE_URL=tg.url)
+    if dc is not None:
+        env.update(DISCORD_TOKEN=dc.token, DISCORD_CHANNEL_ID=str(CHANNEL_ID), DISCORD_API_BASE_URL=dc.api_url,
+                   DISCORD_GATEWAY_URL=dc.gateway_url)
+    env.update(extra)
+    return build_agent_config(env, None, load_daemon_settings(env))
+
+
+@dataclasses.dataclass
+class Rig:
+    tg: FakeTelegram
+    dc: FakeDiscord
+    runner: FakeRunner
+    control: FakeControl
+    telegram: TelegramWorker
+    discord: DiscordWorker
+
+    def workers(self) -> list[TelegramWorker | DiscordWorker]:
+        return [self.telegram, self.discord]
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def captured_log() -> Iterator[io.StringIO]:
+    """Everything logged at DEBUG (httpx URLs included), through the daemon's masking filter."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(logs.SecretMaskingFilter())
+    root = logging.getLogger()
+    old_level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    yield stream
+    root.removeHandler(handler)
+    root.setLevel(old_level)
+
+
+@pytest.fixture
+def rig(captured_log: io.StringIO) -> Iterator[Rig]:
+    tg = FakeTelegram(TELEGRAM_TOKEN).start()
+    dc = FakeDiscord(DISCORD_TOKEN).start()
+    runner, control = FakeRunner(), FakeControl()
+    workers = build_platform_workers(make_config(tg, dc), runner, control)
+    discord_worker, telegram_worker = workers
+    assert isinstance(discord_worker, DiscordWorker) and isinstance(telegram_worker, TelegramWorker)
+    for w in (discord_worker, telegram_worker):
+        w.backoff_base = 0.1
+        w.typing_interval = 0.2
+        w.start()
+    rig = Rig(tg, dc, runner, control, telegram_worker, discord_worker)
+    wait_until(lambda: all(w.health().state == "ok" for w in rig.workers()), what="both workers ok")
+    yield rig
+    for w in rig.workers():
+        w.stop(time.monotonic() + 2)
+    tg.stop()
+    dc.stop()
+    text = captured_log.getvalue()
+    assert TELEGRAM_TOKEN not in text and DISCORD_TOKEN not in text
+
+
+def telegram_texts(rig: Rig) -> list[str]:
+    return [m["text"] for m in rig.tg.sent]
+
+
+# ------------------------------------------------------------------------------------------------------
+# Who is answered
+
+
+def test_telegram_answers_only_addressed_messages_in_allowed_groups(rig: Rig) -> None:
+    rig.tg.inject_message(OTHER_GROUP, "@aiwm_test_bot other group")
+    rig.tg.inject_message(GROUP, "@aiwm_test_bot from a bot", from_bot=True, from_id=555)
+    rig.tg.inject_message(GROUP, "not addressed to anyone")
+    rig.tg.inject_message(42, "a direct message")
+    rig.tg.inject_message(GROUP, "/new@another_bot")
+    first = rig.tg.inject_message(GROUP, "@aiwm_test_bot hello there")
+    rig.tg.inject_message(GROUP, "replying to you", reply_to_bot=True)
+    sent = rig.tg.wait_for_sent(2)
+    time.sleep(0.2)
+    assert [m["text"] for m in rig.tg.sent] == ["echo: hello there", "echo: replying to you"]
+    assert sent[0]["chat_id"] == str(GROUP)
+    assert sent[0]["reply_parameters"]["message_id"] == first
+    assert [key for key, _ in rig.runner.submits] == [ConversationKey("telegram", str(GROUP))] * 2
+    assert rig.runner.resets == []
+
+
+def test_discord_answers_only_addressed_messages_in_allowed_channels(rig: Rig) -> None:
+    rig.dc.inject_message(OTHER_CHANNEL_ID, "other channel", mention_bot=True)
+    rig.dc.inject_message(CHANNEL_ID, "from another bot", mention_bot=True, author_bot=True, author_id=555)
+    rig.dc.inject_message(CHANNEL_ID, "from itself", mention_bot=True, author_id=BOT_ID, author_bot=True)
+    rig.dc.inject_message(CHANNEL_ID, "not addressed")
+    rig.dc.inject_message(CHANNEL_ID, "a direct message", direct=True)
+    first = rig.dc.inject_message(CHANNEL_ID, "hello there", mention_bot=True)
+    rig.dc.inject_message(CHANNEL_ID, "replying to you", reply_to_bot=True)
+    sent = rig.dc.wait_for_sent(2)
+    time.sleep(0.2)
+    assert [m["content"] for m in rig.dc.sent] == ["echo: hello there", "echo: replying to you"]
+    assert sent[0]["channel_id"] == CHANNEL_ID
+    assert sent[0]["message_reference"]["message_id"] == first
+    assert CHANNEL_ID in rig.dc.typing
+
+
+def test_direct_messages_when_allowed_and_everything_without_require_mentions(rig: Rig) -> None:
+    config = make_config(rig.tg, rig.dc, TELEGRAM_ALLOW_DMS="true", DISCORD_REQUIRE_MENTION="false")
+    sessions = (rig.telegram.sessions_started, rig.discord.sessions_started)
+    for w in rig.workers():
+        w.apply(config)
+    rig.tg.inject_message(42, "private hello")
+    rig.dc.inject_message(CHANNEL_ID, "no mention needed")
+    assert rig.tg.wait_for_sent(1)[0]["text"] == "echo: private hello"
+    assert rig.dc.wait_for_sent(1)[0]["content"] == "echo: no mention needed"
+    assert (rig.telegram.sessions_started, rig.discord.sessions_started) == sessions  # no reconnect
+
+
+# ------------------------------------------------------------------------------------------------------
+# Replies
+
+
+def long_answer() -> str:
+    parts = []
+    for i in range(40):
+        parts.append(f"Paragraph {i}: " + "lorem ipsum dolor sit amet " * 6)
+        if i % 5 == 0:
+            parts.append("```python\n" + "\n".join(f"print({i}, {j})  # line {j}" for j in range(25)) + "\n```")
+    text = "\n\n".join(parts)
+    assert len(text) >= 9000
+    return text
+
+
+def _fences_balanced(chunk: str) -> bool:
+    return sum(line.startswith("```") for line in chunk.split("\n")) % 2 == 0
+
+
+def _body(chunks: list[str]) -> list[str]:
+    return [ln.rstrip() for c in chunks for ln in c.split("\n") if ln.strip() and not ln.startswith("```")]
+
+
+def test_long_answer_arrives_in_ordered_chunks_under_the_limit(rig: Rig) -> None:
+    answer = long_answer()
+    rig.runner.answer = lambda text: answer
+    rig.tg.inject_message(GROUP, "@aiwm_test_bot long please")
+    rig.dc.inject_message(CHANNEL_ID, "long please", mention_bot=True)
+    def discord_texts() -> list[str]:
+        return [m["content"] for m in rig.dc.sent]
+
+    sources: list[tuple[int, Callable[[], list[str]]]] = [(4096, lambda: telegram_texts(rig)), (2000, discord_texts)]
+    for limit, get in sources:
+        wait_until(lambda: _body(get()) == _body([answer]), what=f"all chunks (limit {limit})")  # noqa: B023
+        chunks = get()
+        assert len(chunks) >= 9000 // limit + 1
+        assert all(len(c) <= limit and _fences_balanced(c) for c in chunks)
+    assert all(m["reply_parameters"]["message_id"] for m in rig.tg.sent)
+
+
+def test_three_quick_messages_get_three_ordered_answers(rig: Rig) -> None:
+    rig.runner.delay = 0.05
+    for n in range(3):
+        rig.tg.inject_message(GROUP, f"@aiwm_test_bot question {n}")
+        rig.dc.inject_message(CHANNEL_ID, f"question {n}", mention_bot=True)
+    rig.tg.wait_for_sent(3)
+    rig.dc.wait_for_sent(3)
+    assert telegram_texts(rig) == [f"echo: question {n}" for n in range(3)]
+    assert [m["content"] for m in rig.dc.sent] == [f"echo: question {n}" for n in range(3)]
+
+
+def test_typing_is_kept_alive_for_the_whole_turn(rig: Rig) -> None:
+    rig.runner.delay = 0.7
+    rig.tg.inject_message(GROUP, "@aiwm_test_bot slow one")
+    rig.tg.wait_for_sent(1)
+    typing = [a for a in rig.tg.actions if a["action"] == "typing"]
+    assert len(typing) >= 3  # every 0.2 s (4 s in production) while the turn runs
+    count = len(rig.tg.actions)
+    time.sleep(0.5)
+    assert len(rig.tg.actions) == count  # and stops with it
+
+
+def test_telegram_429_is_honoured(rig: Rig) -> None:
+    rig.tg.rate_limit(times=1, retry_after=1)
+    began = time.monotonic()
+    rig.tg.inject_message(GROUP, "@aiwm_test_bot hi")
+    assert rig.tg.wait_for_sent(1)[0]["text"] == "echo: hi"
+    assert time.monotonic() - began >= 1.0
+    assert [s for m, s in rig.tg.calls if m == "sendMessage"] == [429, 200]
+
+
+# ------------------------------------------------------------------------------------------------------
+# Commands
+
+
+def test_chat_commands(rig: Rig) -> None:
+    rig.tg.inject_message(GROUP, "/new")
+    assert rig.tg.wait_for_sent(1)[0]["text"].startswith("Started a fresh session")
+    assert rig.runner.resets == [ConversationKey("telegram", str(GROUP))]
+    rig.dc.inject_message(CHANNEL_ID, "/new", mention_bot=True)
+    rig.dc.wait_for_sent(1)
+    assert rig.runner.resets[-1] == ConversationKey("discord", str(CHANNEL_ID))
+    rig.tg.inject_message(GROUP, "/status@aiwm_test_bot")
+    status = rig.tg.wait_for_sent(2)[1]["text"]
+    assert "agent: test-agent" in status and "queue (this chat): 0" in status
+    rig.tg.inject_message(GROUP, "/stop")
+    assert rig.tg.wait_for_sent(3)[2]["text"] == "Stopped the running turn."
+    assert rig.runner.interrupts == [ConversationKey("telegram", str(GROUP))]
+    rig.tg.inject_message(GROUP, "/reload")
+    assert "telegram.target_ids" in rig.tg.wait_for_sent(4)[3]["text"]
+    assert rig.control.reloads == 1
+    assert [text for _, text in rig.runner.submits] == []  # commands never reach the model
+
+
+# ------------------------------------------------------------------------------------------------------
+# Health, failures and recovery
+
+
+def test_revoked_telegram_token_is_an_error_while_discord_keeps_answering(
+    rig: Rig, captured_log: io.StringIO
+) -> None:
+    rig.tg.revoke()
+    wait_until(lambda: rig.telegram.health().state == "error", what="telegram error state")
+    health = rig.telegram.health()
+    assert "rejected the bot token" in health.detail and health.alive
+    rig.dc.inject_message(CHANNEL_ID, "still there?", mention_bot=True)
+    assert rig.dc.wait_for_sent(1)[0]["content"] == "echo: still there?"
+    assert rig.discord.health().state == "ok"
+    assert captured_log.getvalue().count("Telegram rejected the bot token") == 1
+
+
+def test_killing_and_restarting_the_discord_server_recovers(rig: Rig) -> None:
+    rig.dc.kill()
+    wait_until(lambda: rig.discord.health().state == "degraded", what="discord degraded")
+    time.sleep(0.3)
+    rig.dc.restart()
+    rig.dc.wait_ready(15)
+    wait_until(lambda: rig.discord.health().state == "ok", 15, what="discord ok again")
+    rig.dc.inject_message(CHANNEL_ID, "back?", mention_bot=True)
+    assert rig.dc.wait_for_sent(1)[0]["content"] == "echo: back?"
+    assert rig.discord.sessions_started == 1  # the library reconnected by itself
+
+
+def test_stop_with_both_connected_is_fast(rig: Rig) -> None:
+    rig.runner.delay = 5.0  # a turn in flight must not hold the stop
+    rig.tg.inject_message(GROUP, "@aiwm_test_bot busy")
+    wait_until(lambda: bool(rig.runner.submits), what="turn submitted")
+    began = time.monotonic()
+    deadline = began + 1.0
+    threads = [threading.Thread(target=w.stop, args=(deadline,)) for w in rig.workers()]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert time.monotonic() - began < 1.0
+    assert [w.health().state for w in rig.workers()] == ["stopped", "stopped"]
+
+
+def test_hot_reload_restarts_only_the_worker_whose_token_changed(rig: Rig) -> None:
+    config = make_config(rig.tg, rig.dc, TELEGRAM_GROUP_ID=f"{GROUP},{OTHER_GROUP}")
+    for w in rig.workers():
+        w.apply(config)
+    rig.tg.inject_message(OTHER_GROUP, "@aiwm_test_bot newly allowed")
+    assert rig.tg.wait_for_sent(1)[0]["text"] == "echo: newly allowed"
+    assert (rig.telegram.sessions_started, rig.discord.sessions_started) == (1, 1)
+
+    rig.dc.token = "dc-rotated-token.zzz.999"
+    config = make_config(rig.tg, rig.dc)
+    for w in rig.workers():
+        w.apply(config)
+    wait_until(lambda: rig.discord.sessions_started == 2 and rig.discord.health().state == "ok",
+               what="discord reconnected with the new token")
+    assert rig.telegram.sessions_started == 1
+
+
+def test_a_platform_configured_later_is_started_by_apply(captured_log: io.StringIO) -> None:
+    tg = FakeTelegram(TELEGRAM_TOKEN).start()
+    runner = FakeRunner()
+    try:
+        workers = build_platform_workers(make_config(None, None), runner, FakeControl())
+        for w in workers:
+            w.start()
+        wait_until(lambda: all(w.health().state == "stopped" for w in workers), what="idle workers")
+        for w in workers:
+            w.apply(make_config(tg, None))
+        wait_until(lambda: workers[1].health().state == "ok", what="telegram started by apply")
+        assert workers[0].health().state == "stopped"
+        tg.inject_message(GROUP, "@aiwm_test_bot hi")
+        assert tg.wait_for_sent(1)[0]["text"] == "echo: hi"
+    finally:
+        for w in workers:
+            w.stop(time.monotonic() + 2)
+        tg.stop()
+
+
+def test_rejected_discord_token_and_missing_intent_are_configuration_errors(captured_log: io.StringIO) -> None:
+    dc = FakeDiscord(DISCORD_TOKEN, privileged_ok=False).start()
+    wrong = FakeDiscord("another-token-entirely").start()
+    try:
+        for fake, config_fake, expected in ((dc, dc, "Message Content"), (wrong, dc, "rejected the bot token")):
+            config = make_config(None, config_fake, DISCORD_API_BASE_URL=fake.api_url,
+                                 DISCORD_GATEWAY_URL=fake.gateway_url)
+            worker = DiscordWorker(config, FakeRunner(), FakeControl())
+            worker.start()
+            try:
+                wait_until(lambda: worker.health().state == "error", what="discord error")  # noqa: B023
+                assert expected in worker.health().detail
+            finally:
+                worker.stop(time.monotonic() + 2)
+    finally:
+        dc.stop()
+        wrong.stop()
+    assert DISCORD_TOKEN not in captured_log.getvalue()
