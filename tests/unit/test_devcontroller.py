@@ -22,12 +22,8 @@ import requests
 
 from aiwm_agentd.controller.wire import parse_connect_response
 from aiwm_agentd.devcontroller import DevController
-
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:  # `tests.fakes` without relying on the current directory
-    sys.path.insert(0, str(ROOT))
-
-from tests.fakes.faulty_controller import FaultyController  # noqa: E402
+from tests.fakes.faulty_controller import FaultyController
+from tests.harness import ROOT
 
 ROUNDS = 4  # bcrypt's minimum: ~1 ms per connect instead of ~70 ms at the real controller's 10
 Make = Callable[..., DevController]
