@@ -6,9 +6,12 @@ import argparse
 import contextlib
 import json
 import logging
+import os
+import pwd
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from aiwm_agentd import __version__
@@ -293,14 +296,31 @@ def format_status(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _state_owner(path: Path) -> int | None:
+    try:
+        return path.stat().st_uid
+    except OSError:
+        return None
+
+
 def cmd_ask(args: argparse.Namespace) -> int:
     from aiwm_agentd.controller.client import ControllerClient, ControllerError
     from aiwm_agentd.logs import parse_level, setup_logging
-    from aiwm_agentd.runner.ask import ask_once
+    from aiwm_agentd.runner import ask_once
     from aiwm_agentd.workers import ConversationKey
 
     env, settings = _load(args.env_file)
     setup_logging(max(parse_level(settings.log_level), logging.WARNING))
+    owner = _state_owner(settings.state_dir)
+    if owner is not None and owner != os.geteuid():
+        # Files created here (sessions, the Claude config dir) must stay writable by the daemon's user.
+        try:
+            user = pwd.getpwuid(owner).pw_name
+        except KeyError:
+            user = str(owner)
+        print(f"aiwm-agentd: AIWM_STATE_DIR {settings.state_dir} belongs to {user}; run as that user, "
+              f"e.g. sudo -u {user} aiwm-agentd ask ...", file=sys.stderr)
+        return EX_CONFIG
     controller = None
     if settings.enabled:
         client = ControllerClient(settings.base_url, settings.agent_id, settings.agent_secret,

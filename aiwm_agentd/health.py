@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import socket
 import logging
+import socket
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer

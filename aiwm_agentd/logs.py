@@ -115,5 +115,6 @@ def setup_logging(level: int = logging.INFO, stream: TextIO | None = None) -> No
     root.setLevel(level)
     # These libraries log request URLs (Telegram URLs carry the bot token) and are chatty: they stay at
     # WARNING even with LOG_LEVEL=DEBUG, and the filter masks what they do log either way.
-    for noisy in ("httpx", "httpcore", "urllib3", "discord.http", "discord.gateway", "telegram.ext"):
+    for noisy in ("httpx", "httpcore", "urllib3", "discord.http", "discord.gateway", "telegram.ext",
+                  "claude_agent_sdk"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))

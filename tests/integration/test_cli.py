@@ -137,3 +137,36 @@ def test_dev_controller_spawn_agent_is_the_quick_start(tmp_path: Path) -> None:
             proc.kill()
     text = (tmp_path / "run.out").read_text()
     assert "ready:" in text and "stopped in" in text
+
+
+@pytest.mark.slow
+def test_ask_runs_one_turn_with_the_daemons_configuration(ctl: FaultyController, tmp_path: Path) -> None:
+    """`aiwm-agentd ask`: the controller's instruction and model, the env's credential, the real CLI."""
+    from tests.fakes.anthropic import FakeAnthropic
+
+    ctl.set_instruction("You are the ask-command test agent.", [])
+    ctl.set_settings({"claude_model": "claude-ask-model"})
+    with FakeAnthropic("pong from the fake") as fake:
+        env_file = write_env(tmp_path / "agent.env", controller_env(
+            ctl, ANTHROPIC_BASE_URL=fake.url, ANTHROPIC_API_KEY="sk-ant-ask-test-000111",
+            AIWM_STATE_DIR=tmp_path / "state"))
+        result = cli("ask", "ping", "--env-file", str(env_file), "--timeout", "60")
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert result.stdout.strip() == "pong from the fake"
+        request = fake.message_requests()[-1]
+        assert request.system_text.endswith("You are the ask-command test agent.")
+        assert request.body["model"] == "claude-ask-model"
+        assert request.headers["x-api-key"] == "sk-ant-ask-test-000111"
+        assert request.last_user_text == "ping"
+    assert_no_secrets(result.stdout + result.stderr, ctl.secret, "sk-ant-ask-test-000111")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to chown the state directory to another user")
+def test_ask_refuses_another_users_state_dir(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    os.chown(state, 4242, 4242)
+    env_file = write_env(tmp_path / "agent.env", {"AIWM_ENABLED": "false", "AIWM_STATE_DIR": state})
+    result = cli("ask", "hello", "--env-file", str(env_file))
+    assert result.returncode == 78
+    assert "run as that user" in result.stderr

@@ -1,0 +1,282 @@
+"""From a configuration snapshot to what the Claude Code CLI child gets: tools, environment, paths, options.
+
+Pure functions apart from `RunnerPaths.create()` and `write_mcp_config()`; `build_options` imports the SDK and
+is only called from the runner's thread.
+
+Tool whitelist mapping (controller -> Claude Code)
+--------------------------------------------------
+The controller names tools in two ways: v1/v2/v5 `tools[].name` (`ClaudeConfig.tool_names`; `None` = no list
+sent) and v5 `allowedFunctions` (`ClaudeConfig.allowed_functions`; empty = all allowed). When neither restricts,
+the CLI keeps its default built-in tool set. Otherwise the union of both lists is the whitelist, and each name is
+mapped so:
+
+- a Claude Code built-in, matched ignoring case, `-`, `_` and spaces, plus a few aliases the controller uses
+  (`read-file` -> `Read`, `shell` -> `Bash`, ...; see `_BUILTIN_ALIASES`) -> that built-in;
+- `mcp__<Server>__<tool>` -> that MCP tool, and `mcp__<Server>` -> every tool of that server;
+- any other plain name -> a tool of that name on each configured MCP server (`mcp__<Server>__<name>`): the
+  controller's own tools are served by its `Builtin` MCP server.
+
+Enforcement, because `allowed_tools` in the SDK only auto-approves and does not hide anything:
+- `tools=[built-ins]` is the base set the model sees (`[]` = no built-in tool at all);
+- MCP servers with no whitelisted tool are removed whole with `disallowed_tools=["mcp__<Server>"]`;
+- for a server with some whitelisted tools, the other tool names are only known once the CLI has connected
+  to it: the runner reads them from `get_mcp_status()` after connecting and adds them to `disallowed_tools`
+  of every later client, and a PreToolUse hook denies any non-whitelisted call in the meantime;
+- `allowed_tools` = the whitelist, so whitelisted tools run without a permission prompt (there is nobody to
+  answer one in a chat).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from aiwm_agentd.config import AgentConfig, ClaudeConfig
+
+if TYPE_CHECKING:
+    from claude_agent_sdk import ClaudeAgentOptions
+
+log = logging.getLogger("aiwm_agentd.runner")
+
+BUILTIN_TOOLS = (
+    "Agent", "Bash", "BashOutput", "Edit", "ExitPlanMode", "Glob", "Grep", "KillShell", "MultiEdit",
+    "NotebookEdit", "Read", "Skill", "SlashCommand", "Task", "TodoWrite", "WebFetch", "WebSearch", "Write",
+)
+_BUILTIN_ALIASES = {
+    "readfile": "Read", "filereader": "Read", "writefile": "Write", "editfile": "Edit", "shell": "Bash",
+    "terminal": "Bash", "runcommand": "Bash", "websearch": "WebSearch", "search": "WebSearch",
+    "webfetch": "WebFetch", "fetch": "WebFetch", "fetchurl": "WebFetch", "todo": "TodoWrite",
+}
+_BUILTIN_BY_KEY = {name.lower(): name for name in BUILTIN_TOOLS} | _BUILTIN_ALIASES
+
+# Variables the CLI child inherits from the daemon unchanged; every other inherited variable is blanked.
+_PASSTHROUGH = frozenset({
+    "PATH", "LANG", "LANGUAGE", "TZ", "TMPDIR", "USER", "LOGNAME", "SHELL",
+    "SSL_CERT_FILE", "SSL_CERT_DIR", "NODE_EXTRA_CA_CERTS",
+    "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy",
+    "CLAUDE_CODE_MAX_RETRIES",
+})
+# The CLI retries a failed API call 10 times by default (~3 minutes when the API is unreachable); our own
+# turn timeout bounds a turn, so a couple of quick retries is enough. The daemon's env may override it.
+DEFAULT_MAX_RETRIES = "2"
+# Permission mode used instead of bypassPermissions when running as root (the CLI refuses that combination).
+ROOT_PERMISSION_FALLBACK = "acceptEdits"
+
+
+def _key(name: str) -> str:
+    return re.sub(r"[\s_\-]", "", name).lower()
+
+
+@dataclass(frozen=True)
+class ToolPlan:
+    """What the model may use, in the SDK's terms (see the module docstring)."""
+
+    restricted: bool
+    builtins: tuple[str, ...] = ()
+    mcp_tools: frozenset[str] = frozenset()  # mcp__S__t names that are whitelisted
+    mcp_servers: frozenset[str] = frozenset()  # servers whitelisted whole (mcp__S)
+    blocked_servers: tuple[str, ...] = ()  # configured servers with nothing whitelisted
+    unknown: tuple[str, ...] = ()  # names mapped to nothing
+
+    def allows(self, tool_name: str) -> bool:
+        if not self.restricted:
+            return True
+        if tool_name in self.builtins or tool_name in self.mcp_tools:
+            return True
+        parts = tool_name.split("__")
+        return len(parts) >= 3 and parts[0] == "mcp" and parts[1] in self.mcp_servers
+
+    def needs_call_guard(self) -> bool:
+        """A server is partly whitelisted: its other tools must be refused at call time until known."""
+        return self.restricted and bool(self.mcp_tools)
+
+    def hidden_tools(self, discovered: Mapping[str, tuple[str, ...]]) -> list[str]:
+        """Tool names of partly whitelisted servers (as discovered) that must not be shown."""
+        hidden: list[str] = []
+        for server, names in discovered.items():
+            if server in self.blocked_servers or server in self.mcp_servers:
+                continue
+            hidden.extend(n for n in names if not self.allows(n))
+        return sorted(hidden)
+
+
+def plan_tools(claude: ClaudeConfig) -> ToolPlan:
+    names = list(claude.tool_names or ()) + list(claude.allowed_functions)
+    if claude.tool_names is None and not claude.allowed_functions:
+        return ToolPlan(restricted=False)
+    servers = list(claude.mcp_servers)
+    builtins: list[str] = []
+    mcp_tools: set[str] = set()
+    whole: set[str] = set()
+    unknown: list[str] = []
+    for raw in names:
+        name = raw.strip()
+        if not name:
+            continue
+        if name.startswith("mcp__"):
+            parts = name.split("__", 2)
+            if len(parts) == 2 or (len(parts) == 3 and parts[2] in ("", "*")):
+                whole.add(parts[1])
+            else:
+                mcp_tools.add(name)
+            continue
+        builtin = _BUILTIN_BY_KEY.get(_key(name))
+        if builtin is not None:
+            if builtin not in builtins:
+                builtins.append(builtin)
+        elif servers:
+            mcp_tools.update(f"mcp__{server}__{name}" for server in servers)
+        else:
+            unknown.append(name)
+    used = whole | {t.split("__")[1] for t in mcp_tools}
+    return ToolPlan(
+        restricted=True,
+        builtins=tuple(builtins),
+        mcp_tools=frozenset(mcp_tools),
+        mcp_servers=frozenset(whole),
+        blocked_servers=tuple(s for s in servers if s not in used),
+        unknown=tuple(unknown),
+    )
+
+
+@dataclass(frozen=True)
+class RunnerPaths:
+    """Everything the CLI writes lives under `<state_dir>/claude`; our session map under `sessions/`."""
+
+    root: Path
+
+    @classmethod
+    def for_state_dir(cls, state_dir: Path) -> RunnerPaths:
+        return cls(Path(state_dir))
+
+    @property
+    def claude_home(self) -> Path:
+        return self.root / "claude"
+
+    @property
+    def config_dir(self) -> Path:
+        return self.claude_home / "config"
+
+    @property
+    def workdir(self) -> Path:
+        return self.claude_home / "work"
+
+    @property
+    def mcp_config(self) -> Path:
+        return self.claude_home / "mcp.json"
+
+    @property
+    def sessions_dir(self) -> Path:
+        return self.root / "sessions"
+
+    def create(self) -> None:
+        for directory in (self.claude_home, self.config_dir, self.workdir, self.sessions_dir):
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+
+def effective_permission_mode(mode: str, euid: int | None = None) -> str:
+    euid = os.geteuid() if euid is None else euid
+    if mode == "bypassPermissions" and euid == 0:
+        return ROOT_PERMISSION_FALLBACK
+    return mode
+
+
+def build_env(claude: ClaudeConfig, paths: RunnerPaths, inherited: Mapping[str, str]) -> dict[str, str]:
+    """The CLI child's environment, as `options.env`.
+
+    The SDK merges `options.env` over the daemon's own environment, so every inherited variable that is not
+    on the pass-through list is set to "" here: bot tokens, the agent secret, NOTIFY_SOCKET, stray
+    ANTHROPIC_* settings. The CLI treats an empty variable as unset.
+    """
+    env = {key: "" for key in inherited if key not in _PASSTHROUGH and not key.startswith("LC_")}
+    env.update({
+        "HOME": str(paths.claude_home),
+        "CLAUDE_CONFIG_DIR": str(paths.config_dir),
+        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+        "DISABLE_AUTOUPDATER": "1",
+        "CLAUDE_CODE_MAX_RETRIES": inherited.get("CLAUDE_CODE_MAX_RETRIES") or DEFAULT_MAX_RETRIES,
+        "ANTHROPIC_API_KEY": claude.api_key,
+        "CLAUDE_CODE_OAUTH_TOKEN": claude.oauth_token,
+    })
+    if claude.base_url:
+        env["ANTHROPIC_BASE_URL"] = claude.base_url
+    return env
+
+
+def write_mcp_config(paths: RunnerPaths, servers: Mapping[str, Any]) -> Path:
+    """The MCP servers go to the CLI as a 0600 file: inline JSON would put the agent token on its argv."""
+    data = json.dumps({"mcpServers": dict(servers)}, sort_keys=True).encode()
+    target = paths.mcp_config
+    if target.exists() and target.read_bytes() == data:
+        return target
+    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, target)
+    return target
+
+
+@dataclass
+class OptionInputs:
+    """Per-client inputs that are not part of the snapshot."""
+
+    resume: str | None = None
+    stderr: Callable[[str], None] | None = None
+    hidden_tools: list[str] = field(default_factory=list)
+
+
+def build_options(config: AgentConfig, paths: RunnerPaths, inputs: OptionInputs,
+                  inherited: Mapping[str, str] | None = None) -> ClaudeAgentOptions:
+    from claude_agent_sdk import ClaudeAgentOptions, HookMatcher
+
+    claude = config.claude
+    plan = plan_tools(claude)
+    hooks: Any = None
+    if plan.needs_call_guard():
+        hooks = {"PreToolUse": [HookMatcher(matcher=None, hooks=[_tool_guard(plan)])]}
+    disallowed = [f"mcp__{server}" for server in plan.blocked_servers] + list(inputs.hidden_tools)
+    mcp: Any = write_mcp_config(paths, claude.mcp_servers) if claude.mcp_servers else {}
+    return ClaudeAgentOptions(
+        system_prompt=config.instruction,
+        model=claude.model or None,
+        max_turns=claude.max_turns,
+        permission_mode=effective_permission_mode(claude.permission_mode),  # type: ignore[arg-type]
+        tools=list(plan.builtins) if plan.restricted else None,
+        allowed_tools=(list(plan.builtins) + sorted(plan.mcp_tools)
+                       + [f"mcp__{s}" for s in sorted(plan.mcp_servers)]) if plan.restricted else [],
+        disallowed_tools=disallowed,
+        mcp_servers=mcp,
+        strict_mcp_config=True,
+        setting_sources=[],
+        hooks=hooks,
+        env=build_env(claude, paths, os.environ if inherited is None else inherited),
+        cwd=str(paths.workdir),
+        cli_path=claude.cli_path or None,
+        resume=inputs.resume,
+        stderr=inputs.stderr,
+    )
+
+
+def _tool_guard(plan: ToolPlan) -> Any:
+    async def guard(hook_input: Any, tool_use_id: str | None, context: Any) -> Any:
+        name = str(hook_input.get("tool_name", ""))
+        if plan.allows(name):
+            return {}
+        log.warning("refused a call to %s: not in this agent's tool whitelist", name)
+        return {"hookSpecificOutput": {
+            "hookEventName": "PreToolUse",
+            "permissionDecision": "deny",
+            "permissionDecisionReason": f"{name} is not enabled for this agent",
+        }}
+
+    return guard

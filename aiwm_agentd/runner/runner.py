@@ -1,0 +1,676 @@
+"""ClaudeRunner: chat messages in, Claude Agent SDK turns, replies out.
+
+One thread runs one asyncio loop; every SDK client lives there. Each active conversation has a FIFO queue and
+one worker task that owns its kept-warm `ClaudeSDKClient` (the SDK requires a client to stay in the task that
+connected it), so follow-up turns skip the CLI cold start. The worker closes its client after `idle_timeout`,
+or early when the `max_clients` cap needs room for another conversation. A global cap bounds concurrent turns.
+
+All state below `_loop_*` is touched only on the loop thread; `submit()` and friends hand work over with
+`call_soon_threadsafe`. The counters read by `busy` / `queue_depth()` / `health()` are guarded by `_lock`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import os
+import signal
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from aiwm_agentd import logs
+from aiwm_agentd.config import AgentConfig
+from aiwm_agentd.runner import failures
+from aiwm_agentd.runner.failures import Failure
+from aiwm_agentd.runner.options import (
+    OptionInputs,
+    RunnerPaths,
+    build_options,
+    effective_permission_mode,
+    plan_tools,
+)
+from aiwm_agentd.runner.sessions import SessionStore
+from aiwm_agentd.workers import ConversationKey, Reply, WorkerHealth
+
+if TYPE_CHECKING:
+    from claude_agent_sdk import ClaudeAgentOptions, ClaudeSDKClient
+
+log = logging.getLogger("aiwm_agentd.runner")
+
+# Time kept back from the stop deadline to close clients and reap the CLI children.
+_CLOSE_RESERVE = 2.0
+
+
+@dataclass
+class _Item:
+    key: ConversationKey
+    text: str
+    future: concurrent.futures.Future[Reply]
+    submitted: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class _Conversation:
+    key: ConversationKey
+    queue: deque[_Item] = field(default_factory=deque)
+    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+    client: ClaudeSDKClient | None = None
+    client_pid: int | None = None
+    client_generation: int = -1
+    last_used: float = field(default_factory=time.monotonic)
+    in_turn: bool = False
+    close_requested: bool = False
+    reset_requested: bool = False
+    turn_timeout: asyncio.Timeout | None = None
+    interrupted: bool = False
+
+
+class ClaudeRunner:
+    """Worker (start/apply/health/stop) and Runner (submit/reset/interrupt/queue_depth/busy) in one."""
+
+    name = "claude"
+    # Tests replace the SDK client with a stub (same connect/query/receive_response/interrupt/disconnect).
+    client_factory: Callable[[ClaudeAgentOptions], Any] | None = None
+
+    def __init__(self, config: AgentConfig) -> None:
+        self._config = config
+        self._generation = 0
+        self._lock = threading.Lock()
+        self._pending: dict[ConversationKey, int] = {}
+        self._running_turns = 0
+        self._live_clients = 0
+        self._child_pids: set[int] = set()
+        self._state = "starting"
+        self._detail = ""
+        self._closing = False
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ready = threading.Event()
+        self._stop_deadline: float | None = None
+        self._paths = RunnerPaths.for_state_dir(config.state_dir)
+        self._sessions: SessionStore | None = None
+        # loop-thread state
+        self._loop_conversations: dict[ConversationKey, _Conversation] = {}
+        self._loop_changed: asyncio.Condition | None = None
+        self._loop_turns = 0
+        self._loop_discovered: dict[str, tuple[str, ...]] = {}
+        self._loop_stopped: asyncio.Event | None = None
+        self._loop_background: set[asyncio.Task[None]] = set()
+        self._warn_config(config)
+
+    # ---------------------------------------------------------------------------------- Worker
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._paths.create()
+        self._sessions = SessionStore(self._paths.sessions_dir)
+        self._thread = threading.Thread(target=self._run_thread, name="claude-runner", daemon=True)
+        self._thread.start()
+        self._ready.wait(timeout=30)
+
+    def apply(self, config: AgentConfig) -> None:
+        with self._lock:
+            old = self._config
+            self._config = config
+            if (old.claude, old.instruction) != (config.claude, config.instruction):
+                self._generation += 1
+        self._warn_config(config, old)
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._loop_notify)
+
+    def health(self) -> WorkerHealth:
+        thread = self._thread
+        alive = thread is not None and thread.is_alive()
+        with self._lock:
+            extra: dict[str, Any] = {
+                "pending": sum(self._pending.values()),
+                "conversations": sum(1 for n in self._pending.values() if n),
+                "running_turns": self._running_turns,
+                "clients": self._live_clients,
+            }
+            state, detail = self._state, self._detail
+        if thread is not None and not alive and state != "stopped":
+            return WorkerHealth("error", "runner thread died", alive=False, extra=extra)
+        return WorkerHealth(state, detail, alive=True, extra=extra)  # type: ignore[arg-type]
+
+    def stop(self, deadline: float) -> None:
+        with self._lock:
+            self._closing = True
+        loop, thread = self._loop, self._thread
+        if loop is not None and thread is not None and thread.is_alive():
+            self._stop_deadline = deadline
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._loop_begin_stop, deadline)
+            thread.join(timeout=max(0.1, deadline - time.monotonic()))
+        self._kill_leftover_children()
+        with self._lock:
+            self._state = "stopped"
+
+    # ---------------------------------------------------------------------------------- Runner
+
+    def submit(self, conversation: ConversationKey, text: str) -> concurrent.futures.Future[Reply]:
+        future: concurrent.futures.Future[Reply] = concurrent.futures.Future()
+        loop = self._loop
+        with self._lock:
+            closing = self._closing
+        if closing:
+            future.set_result(_failure_reply(failures.SHUTTING_DOWN))
+            return future
+        if loop is None or loop.is_closed():
+            future.set_result(_failure_reply(failures.NOT_RUNNING))
+            return future
+        with self._lock:
+            self._pending[conversation] = self._pending.get(conversation, 0) + 1
+        item = _Item(conversation, text, future)
+        try:
+            loop.call_soon_threadsafe(self._loop_enqueue, conversation, item)
+        except RuntimeError:  # the loop closed in between
+            self._finish(item, _failure_reply(failures.NOT_RUNNING))
+        return future
+
+    def reset(self, conversation: ConversationKey) -> None:
+        """Forget the conversation's session: the next message starts a new one (/new)."""
+        if self._sessions is not None:
+            self._sessions.delete(str(conversation))
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._loop_reset, conversation)
+
+    def interrupt(self, conversation: ConversationKey) -> bool:
+        """Stop the turn running for this conversation (/stop); queued messages are still answered."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return False
+        try:
+            result = asyncio.run_coroutine_threadsafe(self._loop_interrupt(conversation), loop)
+            return result.result(timeout=10)
+        except (RuntimeError, concurrent.futures.TimeoutError):
+            return False
+
+    def queue_depth(self, conversation: ConversationKey | None = None) -> int:
+        """Messages not answered yet (queued plus running), for one conversation or all."""
+        with self._lock:
+            if conversation is None:
+                return sum(self._pending.values())
+            return self._pending.get(conversation, 0)
+
+    @property
+    def busy(self) -> bool:
+        with self._lock:
+            return any(self._pending.values())
+
+    # ---------------------------------------------------------------------------------- thread
+
+    def _run_thread(self) -> None:
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        self._loop = loop
+        try:
+            loop.run_until_complete(self._loop_main())
+        except Exception:
+            log.exception("claude runner loop crashed")
+            with self._lock:
+                self._state, self._detail = "error", "runner loop crashed"
+        finally:
+            self._fail_everything_left()
+            with contextlib.suppress(Exception):
+                loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+
+    async def _loop_main(self) -> None:
+        self._loop_changed = asyncio.Condition()
+        self._loop_stopped = asyncio.Event()
+        self._ready.set()  # submit() may queue from now on; the import below only delays the first turn
+        try:
+            import claude_agent_sdk  # noqa: F401  (lazy: ~70 MiB; only when a runner exists)
+        except ImportError as exc:
+            with self._lock:
+                self._state, self._detail = "error", f"claude-agent-sdk not importable: {exc}"
+        else:
+            with self._lock:
+                self._state = "ok"
+        await self._loop_stopped.wait()
+        await self._loop_finish()
+
+    def _finish(self, item: _Item, reply: Reply | None) -> None:
+        """Count the message as answered, then hand over the reply (None: the caller cancelled it)."""
+        with self._lock:
+            left = self._pending.get(item.key, 0) - 1
+            if left > 0:
+                self._pending[item.key] = left
+            else:
+                self._pending.pop(item.key, None)
+        if reply is not None:
+            item.future.set_result(reply)
+
+    def _loop_notify(self) -> None:
+        changed = self._loop_changed
+        if changed is not None:
+            task = asyncio.ensure_future(_notify(changed))
+            self._loop_background.add(task)
+            task.add_done_callback(self._loop_background.discard)
+
+    def _loop_enqueue(self, key: ConversationKey, item: _Item) -> None:
+        if self._loop_stopped is None or self._loop_stopped.is_set():
+            self._finish(item, _failure_reply(failures.SHUTTING_DOWN))
+            return
+        conv = self._loop_conversations.get(key)
+        if conv is None:
+            conv = self._loop_conversations[key] = _Conversation(key)
+        conv.queue.append(item)
+        conv.wakeup.set()
+        if conv.task is None:
+            conv.task = asyncio.ensure_future(self._loop_worker(conv))
+
+    def _loop_reset(self, key: ConversationKey) -> None:
+        conv = self._loop_conversations.get(key)
+        if conv is not None:
+            conv.reset_requested = True
+            conv.wakeup.set()
+            self._loop_notify()
+
+    async def _loop_interrupt(self, key: ConversationKey) -> bool:
+        conv = self._loop_conversations.get(key)
+        if conv is None or not conv.in_turn or conv.client is None:
+            return False
+        conv.interrupted = True
+        try:
+            await asyncio.wait_for(conv.client.interrupt(), timeout=5)
+        except Exception as exc:
+            log.warning("[%s] interrupt failed (%s); ending the turn", key, logs.mask(str(exc)))
+            if conv.turn_timeout is not None:
+                conv.turn_timeout.reschedule(asyncio.get_running_loop().time())
+        return True
+
+    # ---------------------------------------------------------------------------------- workers
+
+    async def _loop_worker(self, conv: _Conversation) -> None:
+        stopping = self._loop_stopped
+        assert stopping is not None
+        try:
+            while not stopping.is_set():
+                if conv.reset_requested or conv.close_requested:
+                    if conv.reset_requested and self._sessions is not None:
+                        # again: a turn that was running when reset() came in stored its session id
+                        self._sessions.delete(str(conv.key))
+                    conv.reset_requested = conv.close_requested = False
+                    await self._loop_close_client(conv)
+                if not conv.queue:
+                    conv.wakeup.clear()
+                    idle = self._config.claude.idle_timeout
+                    try:
+                        await asyncio.wait_for(conv.wakeup.wait(), timeout=idle)
+                    except TimeoutError:
+                        if not conv.queue:
+                            log.debug("[%s] idle for %.0f s; closing its client", conv.key, idle)
+                            break
+                    continue
+                if not await self._loop_acquire_turn(conv):
+                    continue
+                try:
+                    if not conv.queue:  # emptied by stop() while we waited for the slot
+                        continue
+                    item = conv.queue.popleft()
+                    if not item.future.set_running_or_notify_cancel():
+                        self._finish(item, None)
+                        continue
+                    try:
+                        reply = await self._loop_turn(conv, item)
+                    except BaseException:  # cancelled at the end of a shutdown, or a bug: still answer
+                        self._finish(item, _failure_reply(
+                            failures.SHUTTING_DOWN if stopping.is_set() else failures.CRASHED))
+                        raise
+                    self._finish(item, reply)
+                finally:
+                    await self._loop_release_turn()
+        finally:
+            await self._loop_close_client(conv, fast=stopping.is_set())
+            conv.task = None
+            if conv.queue and not stopping.is_set():
+                conv.task = asyncio.ensure_future(self._loop_worker(conv))
+            elif not conv.queue:
+                self._loop_conversations.pop(conv.key, None)
+
+    async def _loop_acquire_turn(self, conv: _Conversation) -> bool:
+        """Wait for a turn slot; False when a close of this conversation's client was asked meanwhile."""
+        changed = self._loop_changed
+        assert changed is not None
+        async with changed:
+            while self._loop_turns >= self._config.claude.max_concurrency:
+                if (conv.close_requested or conv.reset_requested) and conv.client is not None:
+                    return False
+                if self._loop_stopped is not None and self._loop_stopped.is_set():
+                    return False
+                await changed.wait()
+            self._loop_turns += 1
+        with self._lock:
+            self._running_turns = self._loop_turns
+        return True
+
+    async def _loop_release_turn(self) -> None:
+        changed = self._loop_changed
+        assert changed is not None
+        async with changed:
+            self._loop_turns -= 1
+            changed.notify_all()
+        with self._lock:
+            self._running_turns = self._loop_turns
+
+    async def _loop_reserve_client(self, conv: _Conversation) -> None:
+        """Wait for room under max_clients, asking the least recently used idle client to close."""
+        changed = self._loop_changed
+        assert changed is not None
+        async with changed:
+            while self._live_clients_count() >= self._config.claude.max_clients:
+                idle = [c for c in self._loop_conversations.values()
+                        if c is not conv and c.client is not None and not c.in_turn and not c.close_requested]
+                if idle:
+                    victim = min(idle, key=lambda c: c.last_used)
+                    victim.close_requested = True
+                    victim.wakeup.set()
+                    changed.notify_all()  # the victim may be waiting for a turn slot
+                await changed.wait()
+            with self._lock:
+                self._live_clients += 1
+
+    def _live_clients_count(self) -> int:
+        with self._lock:
+            return self._live_clients
+
+    async def _loop_unreserve_client(self) -> None:
+        changed = self._loop_changed
+        assert changed is not None
+        async with changed:
+            with self._lock:
+                self._live_clients -= 1
+            changed.notify_all()
+
+    # ---------------------------------------------------------------------------------- one turn
+
+    async def _loop_turn(self, conv: _Conversation, item: _Item) -> Reply:
+        config = self._config
+        started = time.monotonic()
+        conv.in_turn, conv.interrupted = True, False
+        fresh = False
+        try:
+            async with asyncio.timeout(config.claude.turn_timeout) as scope:
+                conv.turn_timeout = scope
+                if self._stop_deadline is not None:
+                    scope.reschedule(self._loop_deadline_time(self._stop_deadline))
+                if conv.client is not None and conv.client_generation != self._generation:
+                    log.info("[%s] configuration changed; restarting its client", conv.key)
+                    await self._loop_close_client(conv)
+                if conv.client is None:
+                    fresh = await self._loop_connect(conv)
+                reply = await self._loop_exchange(conv, item.text, started)
+        except TimeoutError:
+            if self._stop_deadline is not None:
+                failure = failures.SHUTTING_DOWN
+            elif conv.interrupted:
+                failure = failures.INTERRUPTED
+            else:
+                failure = failures.timeout(config.claude.turn_timeout)
+            log.warning("[%s] turn ended: %s after %.1f s", conv.key, failure.code, time.monotonic() - started)
+            await self._loop_close_client(conv, fast=True)
+            reply = _failure_reply(failure, started)
+        except _StartFailure as exc:
+            reply = _failure_reply(exc.failure, started)
+        except Exception as exc:
+            failure = failures.classify(str(exc), getattr(exc, "api_error_status", None))
+            log.warning("[%s] turn failed (%s): %s", conv.key, failure.code,
+                        logs.mask(f"{type(exc).__name__}: {exc}"))
+            await self._loop_close_client(conv, fast=True)
+            reply = _failure_reply(failure, started)
+        finally:
+            conv.in_turn, conv.turn_timeout = False, None
+            conv.last_used = time.monotonic()
+        if fresh:
+            reply = Reply(f"{failures.FRESH_SESSION_NOTE}\n\n{reply.text}", reply.session_id, reply.error,
+                          True, reply.duration_s)
+        log.info("[%s] turn done in %.2f s (waited %.2f s)%s", conv.key, reply.duration_s,
+                 started - item.submitted, f": {reply.error}" if reply.error else "")
+        return reply
+
+    def _loop_deadline_time(self, deadline: float) -> float:
+        """A time.monotonic() deadline, minus the close reserve, on the loop's clock."""
+        loop = asyncio.get_running_loop()
+        return loop.time() + max(0.0, deadline - _CLOSE_RESERVE - time.monotonic())
+
+    async def _loop_connect(self, conv: _Conversation) -> bool:
+        """Connect a client for the conversation, resuming its session; True when a resume failed."""
+        await self._loop_reserve_client(conv)
+        connected = False
+        try:
+            sessions = self._sessions
+            resume = sessions.get(str(conv.key)) if (sessions and self._config.claude.resume) else None
+            try:
+                await self._loop_open_client(conv, resume)
+                connected = True
+                return False
+            except Exception as exc:
+                if resume is None:
+                    raise
+                first_line = (logs.mask(str(exc)).splitlines() or [type(exc).__name__])[0]
+                log.warning("[%s] could not resume session %s (%s); starting a fresh one",
+                            conv.key, resume, first_line)
+                if sessions is not None:
+                    sessions.delete(str(conv.key))
+            await self._loop_open_client(conv, None)
+            connected = True
+            return True
+        except Exception as exc:
+            failure = failures.classify(str(exc))
+            if failure is failures.CRASHED:
+                failure = failures.CANNOT_START
+            log.error("[%s] could not start Claude Code: %s", conv.key,
+                      logs.mask(f"{type(exc).__name__}: {exc}"))
+            raise _StartFailure(failure) from exc
+        finally:
+            if not connected:
+                await self._loop_unreserve_client()
+
+    async def _loop_open_client(self, conv: _Conversation, resume: str | None) -> None:
+        from claude_agent_sdk import ClaudeSDKClient
+
+        key = conv.key
+
+        def on_stderr(line: str) -> None:
+            log.warning("[%s] claude: %s", key, logs.mask(line))
+
+        inputs = OptionInputs(resume=resume, stderr=on_stderr, hidden_tools=self._loop_hidden_tools())
+        generation = self._generation
+        options = build_options(self._config, self._paths, inputs)
+        client = (self.client_factory or ClaudeSDKClient)(options)
+        try:
+            await client.connect()
+        except BaseException:
+            self._forget_pid(client)
+            raise
+        conv.client, conv.client_generation = client, generation
+        conv.client_pid = _client_pid(client)
+        if conv.client_pid is not None:
+            with self._lock:
+                self._child_pids.add(conv.client_pid)
+        if self._config.claude.mcp_servers and plan_tools(self._config.claude).needs_call_guard():
+            await self._loop_discover_mcp_tools(client)
+
+    def _loop_hidden_tools(self) -> list[str]:
+        return plan_tools(self._config.claude).hidden_tools(self._loop_discovered)
+
+    async def _loop_discover_mcp_tools(self, client: ClaudeSDKClient) -> None:
+        """Learn the MCP servers' tool names so later clients hide the ones not whitelisted."""
+        try:
+            status = await asyncio.wait_for(client.get_mcp_status(), timeout=5)
+        except Exception as exc:
+            log.debug("MCP status unavailable: %s", logs.mask(str(exc)))
+            return
+        for server in status.get("mcpServers", []):
+            names = tuple(str(t.get("name", "")) for t in server.get("tools") or [] if isinstance(t, dict))
+            if names:
+                self._loop_discovered[str(server.get("name", ""))] = tuple(
+                    n if n.startswith("mcp__") else f"mcp__{server.get('name')}__{n}" for n in names)
+
+    async def _loop_exchange(self, conv: _Conversation, text: str, started: float) -> Reply:
+        from claude_agent_sdk import AssistantMessage, ResultMessage, SystemMessage, TextBlock
+
+        client = conv.client
+        assert client is not None
+        await client.query(text)
+        session_id = ""
+        texts: list[str] = []
+        result: Any = None
+        async for message in client.receive_response():
+            if isinstance(message, SystemMessage) and message.subtype == "init":
+                session_id = str(message.data.get("session_id") or "")
+                if session_id and self._sessions is not None:
+                    self._sessions.set(str(conv.key), session_id)
+            elif isinstance(message, AssistantMessage) and message.parent_tool_use_id is None:
+                texts = [block.text for block in message.content if isinstance(block, TextBlock)]
+            elif isinstance(message, ResultMessage):
+                result = message
+        if result is None:
+            raise RuntimeError("the Claude Code CLI ended the turn without a result")
+        session_id = result.session_id or session_id
+        if session_id and self._sessions is not None:
+            self._sessions.set(str(conv.key), session_id)
+        duration = time.monotonic() - started
+        if conv.interrupted:
+            return _failure_reply(failures.INTERRUPTED, started, session_id)
+        if result.is_error:
+            detail = result.result or "; ".join(result.errors or []) or result.subtype
+            failure = failures.classify(detail, result.api_error_status)
+            log.warning("[%s] turn failed (%s): %s", conv.key, failure.code, logs.mask(str(detail)))
+            return _failure_reply(failure, started, session_id)
+        answer = (result.result or "\n".join(texts)).strip()
+        return Reply(answer or "(no answer)", session_id=session_id, duration_s=duration)
+
+    async def _loop_close_client(self, conv: _Conversation, fast: bool = False) -> None:
+        client, pid = conv.client, conv.client_pid
+        if client is None:
+            return
+        conv.client, conv.client_pid = None, None
+        if fast and pid is not None:
+            # Closing gracefully waits up to 5 s for the CLI to exit on stdin EOF; when we are in a hurry
+            # (timeout, shutdown) the turn is abandoned anyway.
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(asyncio.shield(client.disconnect()), timeout=20)
+        except Exception as exc:
+            log.warning("[%s] closing its client: %s", conv.key, logs.mask(str(exc)))
+        if pid is not None and not _pid_alive(pid):
+            with self._lock:
+                self._child_pids.discard(pid)
+        await self._loop_unreserve_client()
+
+    def _forget_pid(self, client: ClaudeSDKClient) -> None:
+        pid = _client_pid(client)
+        if pid is not None and not _pid_alive(pid):
+            with self._lock:
+                self._child_pids.discard(pid)
+
+    # ---------------------------------------------------------------------------------- shutdown
+
+    def _loop_begin_stop(self, deadline: float) -> None:
+        stopping = self._loop_stopped
+        if stopping is None or stopping.is_set():
+            return
+        stopping.set()
+        when = self._loop_deadline_time(deadline)
+        for conv in self._loop_conversations.values():
+            while conv.queue:
+                item = conv.queue.popleft()
+                if item.future.set_running_or_notify_cancel():
+                    self._finish(item, _failure_reply(failures.SHUTTING_DOWN))
+                else:
+                    self._finish(item, None)
+            conv.wakeup.set()
+            if conv.turn_timeout is not None:
+                conv.turn_timeout.reschedule(min(when, conv.turn_timeout.when() or when))
+        self._loop_notify()
+
+    async def _loop_finish(self) -> None:
+        tasks = [c.task for c in self._loop_conversations.values() if c.task is not None]
+        if tasks:
+            remaining = (self._stop_deadline or time.monotonic()) - time.monotonic()
+            _done, pending = await asyncio.wait(tasks, timeout=max(0.5, remaining))
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=3)
+
+    def _fail_everything_left(self) -> None:
+        for conv in list(self._loop_conversations.values()):
+            while conv.queue:
+                item = conv.queue.popleft()
+                if item.future.set_running_or_notify_cancel():
+                    self._finish(item, _failure_reply(failures.SHUTTING_DOWN))
+                else:
+                    self._finish(item, None)
+
+    def _kill_leftover_children(self) -> None:
+        with self._lock:
+            pids, self._child_pids = set(self._child_pids), set()
+        for pid in pids:
+            if _pid_alive(pid):
+                log.warning("killing a Claude Code process left behind (pid %d)", pid)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, 0)
+
+    # ---------------------------------------------------------------------------------- misc
+
+    def _warn_config(self, config: AgentConfig, old: AgentConfig | None = None) -> None:
+        mode = config.claude.permission_mode
+        effective = effective_permission_mode(mode)
+        if effective != mode and (old is None or old.claude.permission_mode != mode):
+            log.warning("permission mode %s is refused by Claude Code when running as root; using %s",
+                        mode, effective)
+        plan = plan_tools(config.claude)
+        if plan.unknown and (old is None or plan_tools(old.claude).unknown != plan.unknown):
+            log.warning("tools not available on this agent (no MCP server configured): %s",
+                        ", ".join(plan.unknown))
+
+
+class _StartFailure(Exception):
+    def __init__(self, failure: Failure) -> None:
+        super().__init__(failure.code)
+        self.failure = failure
+
+
+async def _notify(changed: asyncio.Condition) -> None:
+    async with changed:
+        changed.notify_all()
+
+
+def _failure_reply(failure: Failure, started: float | None = None, session_id: str = "") -> Reply:
+    duration = time.monotonic() - started if started is not None else 0.0
+    return Reply(failure.text, session_id=session_id, error=failure.code, duration_s=duration)
+
+
+def _client_pid(client: ClaudeSDKClient) -> int | None:
+    # The SDK has no public accessor for its CLI child; we need the pid to guarantee none outlives us.
+    process = getattr(getattr(client, "_transport", None), "_process", None)
+    pid = getattr(process, "pid", None)
+    return pid if isinstance(pid, int) else None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
+            state = handle.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
