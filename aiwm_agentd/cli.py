@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import faulthandler
 import json
 import logging
 import os
@@ -111,6 +112,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     env, settings = _load(args.env_file)
     setup_logging(parse_level(settings.log_level))
+    # A watchdog kill (SIGABRT) then leaves every thread's stack in the journal.
+    faulthandler.enable()
     log = logging.getLogger("aiwm_agentd")
     try:
         settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)

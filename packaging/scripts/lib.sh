@@ -1,0 +1,68 @@
+# --- shared by the maintainer scripts (packaging/scripts/lib.sh, prepended at build time) ---
+AIWM_USER=aiwm-agentd
+AIWM_ENV=/etc/aiwm/agent.env
+AIWM_EXAMPLE=/etc/aiwm/agent.env.example
+AIWM_UNIT=aiwm-agentd.service
+
+aiwm_systemd_running() { [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; }
+
+aiwm_create_user() {
+  getent group "$AIWM_USER" >/dev/null 2>&1 || groupadd --system "$AIWM_USER"
+  getent passwd "$AIWM_USER" >/dev/null 2>&1 || useradd --system --gid "$AIWM_USER" \
+    --home-dir /var/lib/aiwm-agentd --no-create-home --shell /usr/sbin/nologin \
+    --comment "AIWM agent daemon" "$AIWM_USER"
+}
+
+# The operator's env file: created from the example only when absent, root:aiwm-agentd 0640 (it holds
+# secrets; the service reads it as its group). An existing file's content is never touched, so upgrades
+# keep it. One exception, on first install only ($1 = first): a file provisioned before the package (e.g.
+# by cloud-init) could not have the aiwm-agentd group yet; a root-group file gets root:aiwm-agentd 0640
+# so that the daemon can read it.
+aiwm_install_env() {
+  if [ ! -e "$AIWM_ENV" ] && [ ! -L "$AIWM_ENV" ] && [ -f "$AIWM_EXAMPLE" ]; then
+    install -m 0640 -o root -g "$AIWM_USER" "$AIWM_EXAMPLE" "$AIWM_ENV"
+  elif [ "${1:-}" = first ] && [ -f "$AIWM_ENV" ] && [ ! -L "$AIWM_ENV" ] \
+       && [ "$(stat -c %g "$AIWM_ENV")" = 0 ]; then
+    chown root:"$AIWM_USER" "$AIWM_ENV" && chmod 0640 "$AIWM_ENV"
+  fi
+}
+
+# Last value of KEY in the env file, unquoted.
+aiwm_env_value() {
+  [ -r "$AIWM_ENV" ] || return 0
+  sed -n "s/^[[:space:]]*\(export[[:space:]]\{1,\}\)\{0,1\}$1[[:space:]]*=[[:space:]]*//p" "$AIWM_ENV" \
+    | tail -n 1 | sed -e 's/^"\(.*\)".*$/\1/' -e "s/^'\(.*\)'.*\$/\\1/" -e 's/[[:space:]]\{1,\}#.*$//' \
+      -e 's/[[:space:]]*$//'
+}
+
+# "Configured" = the operator filled in the agent secret, or switched the controller link off
+# (AIWM_ENABLED=false, local mode). Only then is the daemon started on install.
+aiwm_configured() {
+  [ -n "$(aiwm_env_value AIWM_AGENT_SECRET)" ] && return 0
+  case "$(aiwm_env_value AIWM_ENABLED | tr '[:upper:]' '[:lower:]')" in
+    false|0|no|off) return 0 ;;
+  esac
+  return 1
+}
+
+aiwm_start_if_configured() {
+  aiwm_systemd_running || return 0
+  if aiwm_configured; then
+    # A failed start (e.g. a bad value: exit 78) must not fail the package transaction.
+    systemctl start "$AIWM_UNIT" || echo "aiwm-agentd: start failed; see journalctl -u aiwm-agentd" >&2
+  else
+    echo "aiwm-agentd: installed and enabled, not started: set AIWM_AGENT_SECRET (or AIWM_ENABLED=false)" \
+      "in $AIWM_ENV, then run: systemctl start aiwm-agentd" >&2
+  fi
+}
+
+aiwm_purge_state() {
+  rm -f "$AIWM_ENV"
+  rmdir /etc/aiwm 2>/dev/null || true
+  rm -rf /var/lib/aiwm-agentd /var/lib/aiwm-agentd-*
+  rm -f /etc/systemd/system/multi-user.target.wants/aiwm-agentd.service \
+        /etc/systemd/system/multi-user.target.wants/aiwm-agentd@*.service
+  if getent passwd "$AIWM_USER" >/dev/null 2>&1; then userdel "$AIWM_USER" >/dev/null 2>&1 || true; fi
+  if getent group "$AIWM_USER" >/dev/null 2>&1; then groupdel "$AIWM_USER" >/dev/null 2>&1 || true; fi
+}
+# --- end of lib.sh ---
