@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:  # `tests.fakes` without relying on the current directory
-    sys.path.insert(0, str(ROOT))
-
-from tests.fakes.anthropic import FakeAnthropic, FakeReply, RecordedRequest, echo_handler  # noqa: E402
-from tests.fakes.discord import CHANNEL_ID, OTHER_CHANNEL_ID, FakeDiscord  # noqa: E402
-from tests.fakes.telegram import FakeTelegram  # noqa: E402
-from tests.harness import Daemon, assert_no_secrets, wait_for  # noqa: E402
+from tests.fakes.anthropic import FakeAnthropic, FakeReply, RecordedRequest, echo_handler
+from tests.fakes.discord import CHANNEL_ID, OTHER_CHANNEL_ID, FakeDiscord
+from tests.fakes.telegram import FakeTelegram
+from tests.harness import Daemon, assert_no_secrets, wait_for
 
 TELEGRAM_TOKEN = "515151:e2e-telegram-secret"
 DISCORD_TOKEN = "e2e-discord-secret.abc.xyz"

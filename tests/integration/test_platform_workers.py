@@ -6,25 +6,19 @@ import concurrent.futures
 import dataclasses
 import io
 import logging
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:  # `tests.fakes` without relying on the current directory
-    sys.path.insert(0, str(ROOT))
-
-from aiwm_agentd import logs  # noqa: E402
-from aiwm_agentd.config import AgentConfig, build_agent_config, load_daemon_settings  # noqa: E402
-from aiwm_agentd.platforms import DiscordWorker, TelegramWorker, build_platform_workers  # noqa: E402
-from aiwm_agentd.workers import ConversationKey, Reply  # noqa: E402
-from tests.fakes.discord import BOT_ID, CHANNEL_ID, OTHER_CHANNEL_ID, FakeDiscord  # noqa: E402
-from tests.fakes.telegram import FakeTelegram  # noqa: E402
+from aiwm_agentd import logs
+from aiwm_agentd.config import AgentConfig, build_agent_config, load_daemon_settings
+from aiwm_agentd.platforms import DiscordWorker, TelegramWorker, build_platform_workers
+from aiwm_agentd.workers import ConversationKey, Reply
+from tests.fakes.discord import BOT_ID, CHANNEL_ID, OTHER_CHANNEL_ID, FakeDiscord
+from tests.fakes.telegram import FakeTelegram
 
 # Not token-shaped on purpose: only registration + the masking filter can keep them out of the logs.
 TELEGRAM_TOKEN = "424242:tg-secret-value-xyz"
