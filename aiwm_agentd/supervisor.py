@@ -440,6 +440,8 @@ class Supervisor:
         if exc.kind == "unauthorized":
             log.warning("heartbeat: token refused (%s); reconnecting now", exc.describe())
             self._heartbeat_due = None
+            # The token is dead whatever its expiry says: a failed reconnect must not keep "using" it.
+            self._set_state("disconnected", "token refused (401)")
             self._attempt_connect("reconnect after 401")
             return
         if exc.kind == "not_found":
@@ -568,6 +570,8 @@ class Supervisor:
             self._client = self._make_client(settings)
             with self._lock:
                 self.session.controller = None if settings.enabled else self.session.controller
+            if settings.enabled:
+                self._set_state("connecting", "controller settings changed")
         before = self.config
         if self.session.state == "deleted":
             self._set_state("disconnected", "reloaded after 404")

@@ -118,6 +118,24 @@ def test_heartbeat_401_reconnects_at_once(ctl: FaultyController, daemon: MakeDae
     assert d.stop()[0] == 0
 
 
+def test_token_refused_while_controller_goes_down_serves_on_then_recovers(ctl: FaultyController,
+                                                                           daemon: MakeDaemon) -> None:
+    d = daemon(controller_env(ctl, AIWM_CONNECT_RETRIES="1"))
+    d.wait_ready()
+    wait_for(lambda: ctl.heartbeats, 5)
+    ctl.revoke_tokens()
+    ctl.inject("POST", r"/connect$", 503, times=None)
+    wait_for(lambda: d.health()["state"] == "disconnected", 5, what="state disconnected after 401")
+    health = d.health()
+    assert health["config"]["source"] == "controller"  # still serving the last controller configuration
+    assert "token refused" in health["controller"]["last_error"] or "503" in health["controller"]["last_error"]
+    ctl.clear_faults()
+    wait_for(lambda: d.health()["state"] == "connected", 10, what="recovery")
+    count = len(ctl.heartbeats)
+    wait_for(lambda: len(ctl.heartbeats) > count, 5, what="heartbeats again")
+    assert d.stop()[0] == 0
+
+
 def test_agent_deleted_stops_heartbeats_but_keeps_running(ctl: FaultyController, daemon: MakeDaemon) -> None:
     d = daemon(controller_env(ctl))
     d.wait_ready()
