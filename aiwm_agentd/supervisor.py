@@ -288,25 +288,33 @@ class Supervisor:
         self.notifier.status(f"connecting to {self.settings.base_url}")
         attempt = 0
         while not self._stop_requested:
-            try:
-                controller = self._call(self._client.connect)
-            except _Interrupted:
+            result = self._try_connect()
+            if result is None:
                 return
-            except ControllerError as exc:
-                self.metrics.connection_failure.labels(exc.kind).inc()
-                attempt += 1
-                if exc.permanent or attempt > self.settings.connect_retries:
-                    self._enter_fallback(exc)
-                    return
-                delay = max(backoff_delay(attempt), exc.retry_after or 0.0)
-                self._once.failure("connect", exc.signature, logging.WARNING,
-                                   "connect failed (%s), retry %d/%d in %.1f s [correlation id %s]",
-                                   exc.describe(), attempt, self.settings.connect_retries, delay,
-                                   exc.correlation_id)
-                self._sleep(delay)
-                continue
-            self._on_connected(controller, "connect")
-            return
+            if isinstance(result, ControllerConfig):
+                self._on_connected(result, "connect")
+                return
+            attempt += 1
+            if result.permanent or attempt > self.settings.connect_retries:
+                self._enter_fallback(result)
+                return
+            delay = _retry_delay(result, attempt)
+            self._once.failure("connect", result.signature, logging.WARNING,
+                               "connect failed (%s), retry %d/%d in %.1f s [correlation id %s]",
+                               result.describe(), attempt, self.settings.connect_retries, delay,
+                               result.correlation_id)
+            self._sleep(delay)
+
+    def _try_connect(self) -> ControllerConfig | ControllerError | None:
+        """One connect attempt; a failure is counted and returned. None: abandoned for a stop request."""
+        try:
+            controller: ControllerConfig = self._call(self._client.connect)
+        except _Interrupted:
+            return None
+        except ControllerError as exc:
+            self.metrics.connection_failure.labels(exc.kind).inc()
+            return exc
+        return controller
 
     def _enter_fallback(self, exc: ControllerError) -> None:
         self._once.failure("fallback", exc.signature, logging.ERROR,
@@ -326,34 +334,32 @@ class Supervisor:
         """One connect outside start-up: token refresh, fallback retry, reconnect after 401."""
         if not self.settings.enabled or self.session.state == "deleted":
             return
-        try:
-            controller = self._call(self._client.connect)
-        except _Interrupted:
+        result = self._try_connect()
+        if result is None:
             return
-        except ControllerError as exc:
-            self.metrics.connection_failure.labels(exc.kind).inc()
-            token_valid = self.session.expires_at is None or self.session.expires_at > time.time() + 30
-            if self.session.state == "connected" and token_valid and not exc.permanent:
-                # The current token still works: keep heartbeating, retry soon.
-                self._retry_attempt += 1
-                delay = max(backoff_delay(self._retry_attempt, cap=self.settings.fallback_retry_interval),
-                            exc.retry_after or 0.0)
-                self._once.failure("connect", exc.signature, logging.WARNING,
-                                   "%s failed (%s), keeping the current token, retry in %.0f s",
-                                   why, exc.describe(), delay)
-                self._refresh_due = time.monotonic() + delay
-                return
-            if exc.permanent or self._retry_attempt >= self.settings.connect_retries:
-                self._enter_fallback(exc)
-                self._heartbeat_due = None
-                return
+        if isinstance(result, ControllerConfig):
+            self._on_connected(result, why)
+            return
+        exc = result
+        token_valid = self.session.expires_at is None or self.session.expires_at > time.time() + 30
+        if self.session.state == "connected" and token_valid and not exc.permanent:
+            # The current token still works: keep heartbeating, retry soon.
             self._retry_attempt += 1
-            delay = max(backoff_delay(self._retry_attempt), exc.retry_after or 0.0)
-            self._once.failure("connect", exc.signature, logging.WARNING, "%s failed (%s), retry in %.1f s",
+            delay = _retry_delay(exc, self._retry_attempt, cap=self.settings.fallback_retry_interval)
+            self._once.failure("connect", exc.signature, logging.WARNING,
+                               "%s failed (%s), keeping the current token, retry in %.0f s",
                                why, exc.describe(), delay)
-            self._retry_due = time.monotonic() + delay
+            self._refresh_due = time.monotonic() + delay
             return
-        self._on_connected(controller, why)
+        if exc.permanent or self._retry_attempt >= self.settings.connect_retries:
+            self._enter_fallback(exc)
+            self._heartbeat_due = None
+            return
+        self._retry_attempt += 1
+        delay = _retry_delay(exc, self._retry_attempt)
+        self._once.failure("connect", exc.signature, logging.WARNING, "%s failed (%s), retry in %.1f s",
+                           why, exc.describe(), delay)
+        self._retry_due = time.monotonic() + delay
 
     def _on_connected(self, controller: ControllerConfig, why: str) -> None:
         previous = self.session.controller
@@ -731,6 +737,11 @@ class Supervisor:
         self._wake.set()
         if self._in_controller_call:
             raise _Interrupted()
+
+
+def _retry_delay(exc: ControllerError, attempt: int, cap: float = 300.0) -> float:
+    """Exponential backoff with jitter, never sooner than the controller's Retry-After."""
+    return max(backoff_delay(attempt, cap=cap), exc.retry_after or 0.0)
 
 
 def _advice(exc: ControllerError) -> str:
