@@ -589,12 +589,7 @@ class ClaudeRunner:
         stopping.set()
         when = self._loop_deadline_time(deadline)
         for conv in self._loop_conversations.values():
-            while conv.queue:
-                item = conv.queue.popleft()
-                if item.future.set_running_or_notify_cancel():
-                    self._finish(item, _failure_reply(failures.SHUTTING_DOWN))
-                else:
-                    self._finish(item, None)
+            self._fail_queued(conv)
             conv.wakeup.set()
             if conv.turn_timeout is not None:
                 conv.turn_timeout.reschedule(min(when, conv.turn_timeout.when() or when))
@@ -612,12 +607,16 @@ class ClaudeRunner:
 
     def _fail_everything_left(self) -> None:
         for conv in list(self._loop_conversations.values()):
-            while conv.queue:
-                item = conv.queue.popleft()
-                if item.future.set_running_or_notify_cancel():
-                    self._finish(item, _failure_reply(failures.SHUTTING_DOWN))
-                else:
-                    self._finish(item, None)
+            self._fail_queued(conv)
+
+    def _fail_queued(self, conv: _Conversation) -> None:
+        """Answer every message still waiting in `conv` with the shutting-down reply."""
+        while conv.queue:
+            item = conv.queue.popleft()
+            if item.future.set_running_or_notify_cancel():
+                self._finish(item, _failure_reply(failures.SHUTTING_DOWN))
+            else:
+                self._finish(item, None)
 
     def _kill_leftover_children(self) -> None:
         with self._lock:

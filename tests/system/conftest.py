@@ -29,6 +29,8 @@ from typing import Any
 
 import pytest
 
+from tests import harness
+
 REPO = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("AIWM_SYSTEST_CACHE", "/var/cache/aiwm-agentd-test"))
 MIRROR = os.environ.get("AIWM_SYSTEST_MIRROR", "http://deb.debian.org/debian")
@@ -309,14 +311,7 @@ class Container:
         return entries
 
     def wait_for(self, what: str, predicate: Any, timeout: float = 30, interval: float = 0.25) -> Any:
-        deadline = time.monotonic() + timeout
-        while True:
-            value = predicate()
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-            time.sleep(interval)
+        return harness.wait_for(predicate, timeout, interval, what=what)
 
 
 @pytest.fixture(scope="module")
