@@ -844,6 +844,11 @@ class _Handler(BaseHTTPRequestHandler):
             return controller.handle_config(parts[1], auth)
         if parts == ["mcp"] and method == "POST":
             return controller.handle_mcp(self._json_body(), auth)
+        if parts == ["mcp"] and method == "GET":
+            # Streamable HTTP: a server without a server-initiated SSE stream answers GET with 405.
+            controller._authenticate(auth)
+            self._drain_body()
+            raise _ApiError(405, "Method Not Allowed")
         self._drain_body()
         raise _ApiError(404, f"Cannot {method} {path}")
 

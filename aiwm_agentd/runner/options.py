@@ -246,8 +246,11 @@ def build_options(config: AgentConfig, paths: RunnerPaths, inputs: OptionInputs,
         hooks = {"PreToolUse": [HookMatcher(matcher=None, hooks=[_tool_guard(plan)])]}
     disallowed = [f"mcp__{server}" for server in plan.blocked_servers] + list(inputs.hidden_tools)
     mcp: Any = write_mcp_config(paths, claude.mcp_servers) if claude.mcp_servers else {}
+    # snapshot=False: a resumed session would otherwise keep the prompt it recorded on its first turn, and
+    # an instruction changed on the controller would never reach an ongoing conversation.
+    system_prompt: Any = {"type": "custom", "prompt": config.instruction, "snapshot": False}
     return ClaudeAgentOptions(
-        system_prompt=config.instruction,
+        system_prompt=system_prompt,
         model=claude.model or None,
         max_turns=claude.max_turns,
         permission_mode=effective_permission_mode(claude.permission_mode),  # type: ignore[arg-type]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Iterator
@@ -78,6 +79,20 @@ def test_follow_up_carries_history_on_the_kept_warm_client(fake: FakeAnthropic, 
     assert first.session_id and first.session_id == second.session_id
     requests = fake.message_requests()
     assert requests[-1].user_texts == ["my name is Ada", "what is my name?"]
+
+
+def test_new_instruction_reaches_an_ongoing_conversation(fake: FakeAnthropic, tmp_path: Path) -> None:
+    h = RunnerHarness(tmp_path, fake.url, instruction="INSTRUCTION A")
+    try:
+        first = h.ask("one")
+        h.runner.apply(dataclasses.replace(h.config, instruction="INSTRUCTION B"))
+        second = h.ask("two")
+    finally:
+        h.close()
+    assert second.session_id == first.session_id  # the conversation was resumed, not restarted
+    last = fake.message_requests()[-1]
+    assert last.system_text.endswith("INSTRUCTION B")
+    assert last.user_texts == ["one", "two"]
 
 
 def test_restarted_runner_resumes_the_session(fake: FakeAnthropic, tmp_path: Path) -> None:

@@ -474,6 +474,9 @@ def test_builtin_mcp_endpoint(ctl: DevController) -> None:
     note = {"jsonrpc": "2.0", "method": "notifications/initialized"}
     assert requests.post(server["url"], json=note, headers=server["headers"], timeout=5).status_code == 202
     assert requests.post(server["url"], json=rpc, timeout=5).status_code == 401
+    # No server-initiated SSE stream: GET answers 405 (after the token check), as streamable HTTP wants.
+    assert requests.get(server["url"], headers=server["headers"], timeout=5).status_code == 405
+    assert requests.get(server["url"], timeout=5).status_code == 401
 
 
 def test_admin_state_is_thread_safe_enough(ctl: DevController) -> None:
