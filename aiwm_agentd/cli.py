@@ -122,7 +122,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     from aiwm_agentd.supervisor import Supervisor
 
     log.info("aiwm-agentd %s starting (env file %s)", __version__, args.env_file)
-    return Supervisor(settings, env, env_file=args.env_file).run()
+    code = Supervisor(settings, env, env_file=args.env_file).run()
+    # Everything is stopped and closed by now. With the SDK and both bot libraries loaded, the
+    # interpreter's own teardown (module and object finalisation) takes another 0.3-0.4 s, which
+    # systemd would count as stop time: skip it.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _print_provenance(rows: Sequence[tuple[str, str, str]]) -> None:
