@@ -89,6 +89,7 @@ class Supervisor:
         self.env_file = env_file
         self.notifier = notifier or Notifier()
         self.metrics = Metrics()
+        self.metrics.busy.set_function(lambda: float(self._busy()))
         self.session = SessionState()
         self._worker_factory = worker_factory
         self._once = OnceLog(log)
@@ -136,7 +137,7 @@ class Supervisor:
                 "model": self.config.claude.model,
                 "config_source": self.config.source,
                 "queue_depth": runner.queue_depth() if runner else 0,
-                "busy": bool(runner and runner.busy),
+                "busy": self._busy(),
             }
 
     def request_reload(self) -> concurrent.futures.Future[list[str]]:
@@ -161,7 +162,6 @@ class Supervisor:
                     problems.append(f"{name}: {h.detail or h.state}")
                 elif h.state == "degraded":
                     degraded.append(f"{name}: {h.detail or 'degraded'}")
-            runner = self.runner
             return {
                 "healthy": not problems and s.state != "stopping",
                 "state": s.state,
@@ -191,7 +191,7 @@ class Supervisor:
                     "model": self.config.claude.model,
                     "warnings": list(self.config.warnings),
                 },
-                "busy": bool(runner and runner.busy),
+                "busy": self._busy(),
                 "workers": {
                     name: {"state": h.state, "detail": h.detail, "alive": h.alive, **h.extra}
                     for name, h in workers.items()
@@ -380,13 +380,12 @@ class Supervisor:
         log.info("%s: connected to %s as %s (controller %s, token expires %s)", why, self.settings.base_url,
                  controller.agent_name or self.settings.agent_id, controller.wire_version,
                  _iso(controller.expires_at) or "unknown")
-        for warning in build_agent_config(self.env, controller, self.settings).warnings:
-            log.warning("controller setting ignored: %s", warning)
+        config = self._build_config(controller)
         if previous is None or previous.fingerprint() != controller.fingerprint():
-            self._apply_config(self._build_config(controller), f"{why}: configuration from the controller")
-        else:
-            # Same configuration, new token: MCP Authorization headers must follow the token.
-            self._apply_config(self._build_config(controller), "", quiet=True)
+            for warning in config.warnings:
+                log.warning("controller setting ignored: %s", warning)
+        # Applied even when only the token changed: MCP Authorization headers must follow the token.
+        self._apply_config(config, f"{why}: configuration applied")
         self._set_state("connected")
         self._heartbeat_logged = False
         self._heartbeat_due = time.monotonic()
@@ -406,7 +405,7 @@ class Supervisor:
         if s.state != "connected" or not s.token:
             self._heartbeat_due = None
             return
-        busy = bool(self.runner and self.runner.busy)
+        busy = self._busy()
         status = "busy" if busy else s.heartbeat_enum
         metrics = self._sampler.sample(self._active_connections(), busy)
         try:
@@ -474,14 +473,14 @@ class Supervisor:
             local = read_instruction_file(self.settings.instruction_file)
         return build_agent_config(self.env, controller, self.settings, local)
 
-    def _apply_config(self, config: AgentConfig, reason: str, quiet: bool = False) -> list[str]:
+    def _apply_config(self, config: AgentConfig, reason: str) -> list[str]:
         old = self.config
         changes = describe_changes(old, config)
         with self._lock:
             self.config = config
         if changes and not self._ready:
             log.info("%s: %s", reason or "configuration", "; ".join(changes))
-        elif changes and not quiet:
+        elif changes:
             self.session.config_updates += 1
             self.metrics.config_update.inc()
             log.info("%s; changed: %s", reason, "; ".join(changes))
@@ -588,13 +587,10 @@ class Supervisor:
             self._heartbeat_due = self._refresh_due = self._retry_due = None
             self._set_state("fallback", "local mode (AIWM_ENABLED=false)")
         controller = self.session.controller if settings.enabled else None
-        self._apply_config(self._build_config(controller), f"{why}: configuration reloaded", quiet=True)
+        self._apply_config(self._build_config(controller), f"{why}: configuration reloaded")
+        # What the reconnect and the env file changed together (each application was counted once).
         changes = describe_changes(before, self.config)
-        if changes:
-            self.session.config_updates += 1
-            self.metrics.config_update.inc()
-            log.info("%s: changed: %s", why, "; ".join(changes))
-        else:
+        if not changes:
             log.info("%s: no configuration change", why)
         self.notifier.ready(self._status_line())
         return changes
@@ -701,6 +697,10 @@ class Supervisor:
         if line != self._last_status:
             self._last_status = line
             self.notifier.status(line)
+
+    def _busy(self) -> bool:
+        runner = self.runner
+        return bool(runner and runner.busy)
 
     def _heartbeat_age(self) -> float | None:
         at = self.session.last_heartbeat_at

@@ -74,6 +74,7 @@ def _mcp_calls(ctl: FaultyController) -> list[dict[str, object]]:
 def test_controller_configures_bot_and_claude_and_heartbeat_reports_busy(rig: Rig) -> None:
     rig.delay = 1.5  # a turn long enough for a few 0.3 s heartbeats
     rig.tg.inject_message(GROUP, "no mention needed here")  # requireMentions=false from the controller
+    wait_for(lambda: "aiwm_agent_busy 1.0" in rig.daemon.metrics(), TURN, what="busy gauge during the turn")
     assert rig.tg.wait_for_sent(1, TURN)[0]["text"] == "echo: no mention needed here"
     request = rig.anthropic.message_requests()[-1]
     assert request.system_text.endswith("You are the controller-configured agent.")
@@ -81,6 +82,7 @@ def test_controller_configures_bot_and_claude_and_heartbeat_reports_busy(rig: Ri
     assert request.headers["x-api-key"] == API_KEY
     assert "busy" in [b["status"] for b in rig.ctl.heartbeats]
     wait_for(lambda: rig.ctl.heartbeats[-1]["status"] == "idle", 5, what="idle again after the turn")
+    assert "aiwm_agent_busy 0.0" in rig.daemon.metrics()
     # The CLI reached the controller's MCP server with the agent's token.
     calls = _mcp_calls(rig.ctl)
     assert calls and all(r["status"] in (200, 202, 405) for r in calls), calls  # 401 = a bad token
