@@ -12,10 +12,10 @@ $(STAMP): setup.cfg pyproject.toml
 	@touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/aiwm-agentd dev-controller --spawn-agent
+	$(BIN)/python -m aiwm_devtools --spawn-agent
 
 test: $(STAMP)
-	$(BIN)/ruff check aiwm_agentd tests benchmarks
+	$(BIN)/ruff check aiwm_agentd aiwm_devtools tests benchmarks
 	$(BIN)/mypy
 	$(BIN)/pytest -m "not system" tests
 
@@ -23,7 +23,7 @@ test-system: $(STAMP)
 	$(BIN)/pytest -m system tests/system
 
 lint: $(STAMP)
-	$(BIN)/ruff check aiwm_agentd tests benchmarks
+	$(BIN)/ruff check aiwm_agentd aiwm_devtools tests benchmarks
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

@@ -1,4 +1,4 @@
-"""The `aiwm-agentd` command: run, check-config, connect, status, ask, dev-controller."""
+"""The `aiwm-agentd` command: run, check-config, connect, status, ask."""
 
 from __future__ import annotations
 
@@ -67,11 +67,6 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--conversation", default="cli:ask", metavar="KEY",
                      help="conversation key platform:chat[:thread] (default cli:ask); reuse it to continue")
     ask.add_argument("--timeout", type=float, default=None, help="seconds to wait for the reply")
-
-    dev = sub.add_parser("dev-controller", help="run the embedded AIWM-compatible dev controller (loopback)")
-    from aiwm_agentd import devcontroller
-
-    devcontroller.add_arguments(dev)
     return parser
 
 
@@ -94,10 +89,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_status(args)
         if args.command == "ask":
             return cmd_ask(args)
-        if args.command == "dev-controller":
-            from aiwm_agentd import devcontroller
-
-            return int(devcontroller.main(args))
     except ConfigError as exc:
         print(f"aiwm-agentd: configuration error: {exc}", file=sys.stderr)
         return EX_CONFIG

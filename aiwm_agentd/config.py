@@ -333,6 +333,7 @@ class ClaudeConfig:
     idle_timeout: float
     turn_timeout: float
     max_clients: int
+    queue_limit: int  # messages waiting or running per conversation; more are refused with a reply
 
 
 @dataclass(frozen=True)
@@ -584,6 +585,7 @@ def build_agent_config(
                              override=idle_override)
     turn_timeout = r.resolve("claude.turn_timeout", parse_seconds, 300.0, env="CLAUDE_TURN_TIMEOUT")
     max_clients = r.resolve("claude.max_clients", parse_positive_int, 4, env="CLAUDE_MAX_CLIENTS")
+    queue_limit = r.resolve("claude.queue_limit", parse_positive_int, 10, env="CLAUDE_QUEUE_LIMIT")
 
     token = controller.token if controller else ""
     mcp = _mcp_with_token(controller.mcp_servers, token) if controller else {}
@@ -593,7 +595,7 @@ def build_agent_config(
         tool_names=controller.tools if controller else None,
         allowed_functions=controller.allowed_functions if controller else (),
         mcp_servers=mcp, max_concurrency=concurrency, idle_timeout=idle_timeout,
-        turn_timeout=turn_timeout, max_clients=max_clients,
+        turn_timeout=turn_timeout, max_clients=max_clients, queue_limit=queue_limit,
     )
     discord = _platform(r, controller, "discord", "DISCORD_TOKEN", "DISCORD_CHANNEL_ID", "DISCORD_BOT_ID",
                         "discord_botId", "discord.botId")

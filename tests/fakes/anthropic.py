@@ -324,7 +324,7 @@ def agent_config(state_dir: Any, base_url: str, instruction: str = "You are a te
         "model": "claude-haiku-4-5", "max_turns": 5, "permission_mode": "default", "resume": True,
         "oauth_token": "", "api_key": "sk-ant-fake-test-key-0123456789", "base_url": base_url, "cli_path": "",
         "tool_names": None, "allowed_functions": (), "mcp_servers": {}, "max_concurrency": 2,
-        "idle_timeout": 60.0, "turn_timeout": 30.0, "max_clients": 4,
+        "idle_timeout": 60.0, "turn_timeout": 30.0, "max_clients": 4, "queue_limit": 10,
     }
     fields.update(claude)
     off = {"enabled": False, "token": "", "target_ids": (), "bot_id": "", "require_mentions": True,

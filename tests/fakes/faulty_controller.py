@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiwm_agentd.devcontroller import DevController, InjectedResponse
+from aiwm_devtools.devcontroller import DevController, InjectedResponse
 
 
 @dataclass

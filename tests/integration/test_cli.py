@@ -121,7 +121,7 @@ def test_dev_controller_spawn_agent_is_the_quick_start(tmp_path: Path) -> None:
     """What `make run` does: the dev controller, the daemon against it, a clean Ctrl-C."""
     base = {k: v for k, v in os.environ.items() if not k.startswith(("AIWM_", "NOTIFY_SOCKET"))}
     out = (tmp_path / "run.out").open("w+")
-    proc = subprocess.Popen([sys.executable, "-m", "aiwm_agentd", "dev-controller", "--spawn-agent",
+    proc = subprocess.Popen([sys.executable, "-m", "aiwm_devtools", "--spawn-agent",
                              "--port", "0"], stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path,
                             env={**base, "PYTHONPATH": str(ROOT)})
     try:

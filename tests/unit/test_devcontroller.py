@@ -21,7 +21,7 @@ import pytest
 import requests
 
 from aiwm_agentd.controller.wire import parse_connect_response
-from aiwm_agentd.devcontroller import DevController
+from aiwm_devtools.devcontroller import DevController
 from tests.fakes.faulty_controller import FaultyController
 from tests.harness import ROOT
 
@@ -583,7 +583,7 @@ def test_inject_non_json_and_oversized_bodies(faulty: FaultyController) -> None:
 def test_cli_prints_env_writes_env_out_and_exits_0_on_sigterm(tmp_path: Path) -> None:
     env_out = tmp_path / "agent.env"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "aiwm_agentd", "dev-controller", "--port", "0", "--wire-version", "v4",
+        [sys.executable, "-m", "aiwm_devtools", "--port", "0", "--wire-version", "v4",
          "--secret", "s3cret-value", "--env-out", str(env_out)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
