@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiwm_agentd import __version__
 from aiwm_agentd.config import (
@@ -26,6 +26,10 @@ from aiwm_agentd.config import (
     read_env_file,
     read_instruction_file,
 )
+
+if TYPE_CHECKING:
+    from aiwm_agentd.controller.client import ControllerClient
+    from aiwm_agentd.controller.wire import ControllerConfig
 
 EX_UNAVAILABLE = 69  # sysexits: the controller or the daemon could not be reached / refused
 
@@ -68,6 +72,27 @@ def build_parser() -> argparse.ArgumentParser:
                      help="conversation key platform:chat[:thread] (default cli:ask); reuse it to continue")
     ask.add_argument("--timeout", type=float, default=None, help="seconds to wait for the reply")
     return parser
+
+
+def _client(settings: DaemonSettings, env: dict[str, str]) -> ControllerClient:
+    from aiwm_agentd.controller.client import ControllerClient, proxies_from_env
+
+    proxies, no_proxy = proxies_from_env(env)
+    return ControllerClient(settings.base_url, settings.agent_id, settings.agent_secret,
+                            timeout=settings.request_timeout, verify=settings.verify, proxies=proxies,
+                            no_proxy=no_proxy)
+
+
+def _disconnect_quietly(client: ControllerClient, controller: ControllerConfig | None, reason: str) -> None:
+    """A one-shot command that connected also disconnects, or the portal shows the agent online for hours."""
+    from aiwm_agentd.controller.client import ControllerError
+
+    try:
+        if controller is not None:
+            with contextlib.suppress(ControllerError):
+                client.disconnect(controller.token, reason, timeout=2.0)
+    finally:
+        client.close()
 
 
 def _load(env_file: str) -> tuple[dict[str, str], DaemonSettings]:
@@ -186,18 +211,18 @@ def _default_of(settings: DaemonSettings, key: str) -> str:
 
 
 def cmd_connect(args: argparse.Namespace) -> int:
-    from aiwm_agentd.controller.client import ControllerClient, ControllerError
+    from aiwm_agentd.controller.client import ControllerError
     from aiwm_agentd.logs import mask
-    from aiwm_agentd.session import MetricsSampler
+    from aiwm_agentd.sampler import MetricsSampler
 
     env, settings = _load(args.env_file)
     if not settings.enabled:
         print("AIWM_ENABLED=false: nothing to connect to (local mode)", file=sys.stderr)
         return EX_CONFIG
-    client = ControllerClient(settings.base_url, settings.agent_id, settings.agent_secret,
-                              timeout=settings.request_timeout, verify=settings.verify)
+    client = _client(settings, env)
     report: dict[str, Any] = {"controller": settings.base_url, "agent_id": settings.agent_id}
     code = 0
+    controller = None
     try:
         started = time.monotonic()
         controller = client.connect()
@@ -231,14 +256,12 @@ def cmd_connect(args: argparse.Namespace) -> int:
                 if not (exc.kind == "rejected" and exc.mentions("status")):
                     code = EX_UNAVAILABLE
                     break
-        with contextlib.suppress(ControllerError):
-            client.disconnect(controller.token, "aiwm-agentd connect (manual test)", timeout=2.0)
     except ControllerError as exc:
         report["connect"] = {"ok": False, "error": exc.describe(), "kind": exc.kind,
                              "correlation_id": exc.correlation_id}
         code = EX_UNAVAILABLE
     finally:
-        client.close()
+        _disconnect_quietly(client, controller, "aiwm-agentd connect (manual test)")
     text = json.dumps(report, indent=2, default=str)
     print(mask(text))
     return code
@@ -266,35 +289,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(data, indent=2))
     else:
-        print(format_status(data))
+        from aiwm_agentd.status import format_health_text
+
+        print(format_health_text(data))
     return 0 if data.get("healthy") else 1
-
-
-def format_status(data: dict[str, Any]) -> str:
-    agent = data.get("agent", {})
-    ctl = data.get("controller", {})
-    hb = data.get("heartbeat", {})
-    token = data.get("token", {})
-    cfg = data.get("config", {})
-    lines = [
-        f"aiwm-agentd {data.get('version', '?')}: {'healthy' if data.get('healthy') else 'UNHEALTHY'}, "
-        f"state {data.get('state')}, up {data.get('uptime_s', 0)} s",
-        f"agent:      {agent.get('name')} ({agent.get('id') or 'no id'})",
-        f"controller: {ctl.get('url') or '(local mode)'} {ctl.get('version') or ''}".rstrip()
-        + (f"; last error: {ctl['last_error']}" if ctl.get("last_error") else ""),
-        f"heartbeat:  last {hb.get('last') or 'never'}"
-        + (f" ({hb['age_s']} s ago)" if hb.get("age_s") is not None else "")
-        + f", every {hb.get('interval_s')} s, {hb.get('failures_in_row', 0)} failures in a row",
-        f"token:      expires {token.get('expires_at') or 'n/a'}, refreshed {token.get('refreshes', 0)} times",
-        f"config:     from {cfg.get('source')}, model {cfg.get('model')}, {cfg.get('updates', 0)} updates",
-    ]
-    for name, w in (data.get("workers") or {}).items():
-        lines.append(f"worker {name}: {w.get('state')}" + (f" - {w['detail']}" if w.get("detail") else ""))
-    for problem in data.get("problems", []):
-        lines.append(f"PROBLEM: {problem}")
-    for item in data.get("degraded", []):
-        lines.append(f"degraded: {item}")
-    return "\n".join(lines)
 
 
 def _state_owner(path: Path) -> int | None:
@@ -305,7 +303,7 @@ def _state_owner(path: Path) -> int | None:
 
 
 def cmd_ask(args: argparse.Namespace) -> int:
-    from aiwm_agentd.controller.client import ControllerClient, ControllerError
+    from aiwm_agentd.controller.client import ControllerError
     from aiwm_agentd.logs import parse_level, setup_logging
     from aiwm_agentd.runner import ask_once
     from aiwm_agentd.workers import ConversationKey
@@ -323,19 +321,20 @@ def cmd_ask(args: argparse.Namespace) -> int:
               f"e.g. sudo -u {user} aiwm-agentd ask ...", file=sys.stderr)
         return EX_CONFIG
     controller = None
-    if settings.enabled:
-        client = ControllerClient(settings.base_url, settings.agent_id, settings.agent_secret,
-                                  timeout=settings.request_timeout, verify=settings.verify)
-        try:
-            controller = client.connect()
-        except ControllerError as exc:
-            print(f"aiwm-agentd: controller unavailable ({exc.describe()}); using the local configuration",
-                  file=sys.stderr)
-        finally:
-            client.close()
-    local = read_instruction_file(settings.instruction_file) if controller is None else None
-    config = build_agent_config(env, controller, settings, local)
-    reply = ask_once(config, args.text, ConversationKey.parse(args.conversation), timeout=args.timeout)
+    client = _client(settings, env) if settings.enabled else None
+    try:
+        if client is not None:
+            try:
+                controller = client.connect()
+            except ControllerError as exc:
+                print(f"aiwm-agentd: controller unavailable ({exc.describe()}); using the local configuration",
+                      file=sys.stderr)
+        local = read_instruction_file(settings.instruction_file) if controller is None else None
+        config = build_agent_config(env, controller, settings, local)
+        reply = ask_once(config, args.text, ConversationKey.parse(args.conversation), timeout=args.timeout)
+    finally:
+        if client is not None:
+            _disconnect_quietly(client, controller, "aiwm-agentd ask")
     print(reply.text)
     return 1 if reply.error else 0
 

@@ -1,7 +1,10 @@
 """HTTP client for the AIWM controller: one method per endpoint, every failure classified.
 
-Synchronous `requests`, used only from the supervisor thread. Every call carries a fresh
-`x-correlation-id`, which is logged and attached to any `ControllerError`.
+Synchronous `requests`, run off the main thread (`controller/calls.py`). Every call has one overall deadline
+(connect, headers and body together; `abort()` cuts a call that outlives it), carries a fresh
+`x-correlation-id`, which is logged and attached to any `ControllerError`, and ignores the process
+environment: no `.netrc` in the daemon's HOME replaces our Authorization header, no stray
+`REQUESTS_CA_BUNDLE` changes TLS trust; proxies are passed explicitly (`proxies_from_env`).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import requests
 
 from aiwm_agentd import __version__
 from aiwm_agentd.backoff import parse_retry_after
+from aiwm_agentd.controller.abortable import AbortableAdapter
 from aiwm_agentd.controller.wire import ControllerConfig, WireError, parse_connect_response
 
 log = logging.getLogger("aiwm_agentd.controller")
@@ -113,6 +117,26 @@ def _classify(status: int, message: str, path_kind: str) -> FailureKind:
     return "rejected"
 
 
+def proxies_from_env(env: Mapping[str, str]) -> tuple[dict[str, str], str]:
+    """(proxies, no_proxy) from the usual variables in the daemon's environment or env file."""
+    def first(*names: str) -> str:
+        return next((env[n].strip() for n in names if env.get(n, "").strip()), "")
+
+    proxies = {scheme: url for scheme, url in (("http", first("HTTP_PROXY", "http_proxy")),
+                                               ("https", first("HTTPS_PROXY", "https_proxy"))) if url}
+    return proxies, first("NO_PROXY", "no_proxy")
+
+
+def _parse_config(body: Any, cid: str) -> ControllerConfig:
+    try:
+        config = parse_connect_response(body)
+        config.fingerprint()  # a structure too deep or odd to serialise is caught here, not later
+    except (WireError, RecursionError, TypeError, ValueError) as exc:
+        message = str(exc) if isinstance(exc, WireError) else "the response is nested too deeply or malformed"
+        raise ControllerError("invalid_response", message, correlation_id=cid) from None
+    return config
+
+
 class ControllerClient:
     def __init__(
         self,
@@ -122,6 +146,8 @@ class ControllerClient:
         timeout: float = 10.0,
         verify: bool | str = True,
         session: requests.Session | None = None,
+        proxies: Mapping[str, str] | None = None,
+        no_proxy: str = "",
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.agent_id = agent_id
@@ -129,43 +155,51 @@ class ControllerClient:
         self.timeout = timeout
         self.verify = verify
         self.session = session or requests.Session()
+        self.session.trust_env = False
+        self._adapter = AbortableAdapter()
+        self.session.mount("http://", self._adapter)
+        self.session.mount("https://", self._adapter)
         self.session.headers["User-Agent"] = f"aiwm-agentd/{__version__}"
+        self._proxies = dict(proxies or {})
+        if self._proxies and requests.utils.should_bypass_proxies(self.base_url, no_proxy=no_proxy or None):
+            self._proxies = {}
 
     def close(self) -> None:
         self.session.close()
 
-    # -- endpoints ------------------------------------------------------------------------------
+    def abort(self) -> None:
+        """Cut whatever call is in flight (from another thread): it ends at once with a network error."""
+        self._adapter.abort()
 
-    def connect(self) -> ControllerConfig:
+    # -- endpoints: `deadline` is a time.monotonic() by which the whole call must be over ----------
+
+    def connect(self, deadline: float | None = None) -> ControllerConfig:
         body, cid = self._call("POST", f"/agents/{self.agent_id}/connect", "connect", json_body={
             "secret": self._secret,
-        })
-        try:
-            config = parse_connect_response(body)
-        except WireError as exc:
-            raise ControllerError("invalid_response", str(exc), correlation_id=cid) from None
+        }, deadline=deadline)
+        config = _parse_config(body, cid)
         if not config.token:
             raise ControllerError("invalid_response", "no token or accessToken in the response",
                                   correlation_id=cid)
         return config
 
-    def heartbeat(self, token: str, status: str, metrics: Mapping[str, Any]) -> HeartbeatResult:
+    def heartbeat(self, token: str, status: str, metrics: Mapping[str, Any],
+                  deadline: float | None = None) -> HeartbeatResult:
         body, cid = self._call(
             "POST", f"/agents/{self.agent_id}/heartbeat", "heartbeat", token=token,
-            json_body={"status": status, "metrics": dict(metrics)},
+            json_body={"status": status, "metrics": dict(metrics)}, deadline=deadline,
         )
         return HeartbeatResult(body if isinstance(body, Mapping) else {}, cid)
 
-    def fetch_config(self, token: str) -> ControllerConfig:
-        body, cid = self._call("GET", f"/agents/{self.agent_id}/config", "config", token=token)
-        try:
-            return parse_connect_response(body)
-        except WireError as exc:
-            raise ControllerError("invalid_response", str(exc), correlation_id=cid) from None
+    def fetch_config(self, token: str, deadline: float | None = None) -> ControllerConfig:
+        body, cid = self._call("GET", f"/agents/{self.agent_id}/config", "config", token=token,
+                               deadline=deadline)
+        return _parse_config(body, cid)
 
     def disconnect(self, token: str, reason: str, timeout: float | None = None) -> None:
+        deadline = time.monotonic() + (timeout or self.timeout)
         self._call("POST", f"/agents/{self.agent_id}/disconnect", "disconnect", token=token,
-                   json_body={"reason": reason}, timeout=timeout)
+                   json_body={"reason": reason}, deadline=deadline)
 
     # -- plumbing -------------------------------------------------------------------------------
 
@@ -176,28 +210,32 @@ class ControllerClient:
         kind: str,
         token: str = "",
         json_body: Mapping[str, Any] | None = None,
-        timeout: float | None = None,
+        deadline: float | None = None,
     ) -> tuple[Any, str]:
         cid = str(uuid.uuid4())
         headers = {"x-correlation-id": cid, "Accept": "application/json"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
         url = self.base_url + path
+        started = time.monotonic()
+        deadline = started + self.timeout if deadline is None else deadline
+        budget = deadline - started
+        if budget <= 0:
+            raise ControllerError("timeout", "no time left for the call", correlation_id=cid)
         try:
             response = self.session.request(
-                method, url, json=json_body, headers=headers, timeout=timeout or self.timeout,
-                verify=self.verify, stream=True, allow_redirects=False,
+                method, url, json=json_body, headers=headers, timeout=(budget, budget),
+                verify=self.verify, stream=True, allow_redirects=False, proxies=self._proxies,
             )
         except requests.Timeout:
-            raise ControllerError("timeout", f"no answer within {timeout or self.timeout:g} s",
-                                  correlation_id=cid) from None
+            raise ControllerError("timeout", f"no answer within {budget:.3g} s", correlation_id=cid) from None
         except requests.exceptions.SSLError as exc:
             raise ControllerError("network", f"TLS verification failed: {_reason(exc)}",
                                   correlation_id=cid) from None
         except requests.RequestException as exc:
             raise ControllerError("network", _reason(exc), correlation_id=cid) from None
         try:
-            raw = self._read_capped(response, cid)
+            raw = self._read_capped(response, cid, deadline)
         finally:
             response.close()
         cid = response.headers.get("x-correlation-id") or cid
@@ -212,7 +250,7 @@ class ControllerClient:
             errors=errors,
         )
 
-    def _read_capped(self, response: requests.Response, cid: str) -> bytes:
+    def _read_capped(self, response: requests.Response, cid: str, deadline: float) -> bytes:
         declared = response.headers.get("Content-Length", "")
         if declared.isdigit() and int(declared) > MAX_RESPONSE_BYTES:
             raise ControllerError("invalid_response", f"response of {declared} bytes exceeds the "
@@ -220,9 +258,8 @@ class ControllerClient:
                                   correlation_id=cid)
         chunks: list[bytes] = []
         size = 0
-        # requests' timeout bounds each socket read, not the whole body: a server dripping bytes could
-        # otherwise hold the supervisor (and its watchdog pings) far longer than the request timeout.
-        deadline = time.monotonic() + 2 * self.timeout
+        # requests' timeout bounds each socket read, not the whole body: a server dripping bytes would
+        # otherwise hold the call far past its deadline.
         try:
             for chunk in response.iter_content(65536):
                 if time.monotonic() > deadline:
@@ -244,9 +281,10 @@ class ControllerClient:
             return {}
         try:
             return json.loads(raw)
-        except (UnicodeDecodeError, ValueError):
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
             if 200 <= status < 300:
-                raise ControllerError("invalid_response", "the response is not JSON", status=status,
+                what = "nested too deeply" if isinstance(exc, RecursionError) else "not JSON"
+                raise ControllerError("invalid_response", f"the response is {what}", status=status,
                                       correlation_id=cid) from None
             return {}
 

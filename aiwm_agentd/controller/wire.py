@@ -37,7 +37,7 @@ class ControllerConfig:
 
     wire_version: str
     token: str
-    expires_at: float | None  # unix time; None = unknown
+    expires_at: float | None  # unix time; None = unknown (display only: the VM's clock may be off)
     instruction: str
     tools: tuple[str, ...] | None  # None = the controller sent no tool list
     allowed_functions: tuple[str, ...]  # v5; empty = all allowed
@@ -49,6 +49,9 @@ class ControllerConfig:
     agent_name: str
     org_id: str
     raw_keys: tuple[str, ...] = field(default=())
+    # Seconds the token is valid from receipt: `expiresIn`, else the JWT's `exp - iat`. Unlike `expires_at`
+    # it needs no agreement between the VM's clock and the controller's, so refreshes are scheduled from it.
+    lifetime: float | None = None
 
     def fingerprint(self) -> str:
         """Stable digest of what the workers consume; changes exactly when the configuration does."""
@@ -101,18 +104,35 @@ def compose_instruction(value: Any) -> str:
     return f"{prompt}\n\n## Guidelines\n{lines}"
 
 
-def jwt_expiry(token: str) -> float | None:
-    """The `exp` claim of a JWT, read without verifying (we are not the audience that checks it)."""
+def _jwt_claims(token: str) -> Mapping[str, Any]:
+    """A JWT's claims, read without verifying (we are not the audience that checks them)."""
     parts = token.split(".")
     if len(parts) != 3:
-        return None
+        return {}
     try:
         padded = parts[1] + "=" * (-len(parts[1]) % 4)
         claims = json.loads(base64.urlsafe_b64decode(padded))
-    except (binascii.Error, ValueError):
+    except (binascii.Error, ValueError, RecursionError):
+        return {}
+    return claims if isinstance(claims, dict) else {}
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def jwt_expiry(token: str) -> float | None:
+    """The `exp` claim of a JWT (unix time), or None."""
+    return _number(_jwt_claims(token).get("exp"))
+
+
+def jwt_lifetime(token: str) -> float | None:
+    """`exp - iat` of a JWT: how long it is valid, whatever the clocks say. None when either is missing."""
+    claims = _jwt_claims(token)
+    exp, iat = _number(claims.get("exp")), _number(claims.get("iat"))
+    if exp is None or iat is None or exp <= iat:
         return None
-    exp = claims.get("exp") if isinstance(claims, dict) else None
-    return float(exp) if isinstance(exp, (int, float)) and not isinstance(exp, bool) else None
+    return exp - iat
 
 
 def _str(body: Mapping[str, Any], key: str, default: str = "") -> str:
@@ -216,11 +236,17 @@ def parse_connect_response(body: Any, now: float | None = None) -> ControllerCon
     now = time.time() if now is None else now
     token = _str(body, "accessToken") or _str(body, "token")
     expires_at: float | None = None
+    lifetime: float | None = None
     expires_in = body.get("expiresIn")
     if isinstance(expires_in, str) and expires_in.strip().isdigit():
         expires_in = int(expires_in)
     if isinstance(expires_in, (int, float)) and not isinstance(expires_in, bool) and expires_in > 0:
-        expires_at = now + float(expires_in)
+        lifetime = float(expires_in)
+    jwt_life = jwt_lifetime(token) if token else None
+    if jwt_life is not None and (lifetime is None or jwt_life < lifetime):
+        lifetime = jwt_life
+    if lifetime is not None:
+        expires_at = now + lifetime
     token_exp = jwt_expiry(token) if token else None
     if token_exp is not None and (expires_at is None or token_exp < expires_at):
         expires_at = token_exp
@@ -256,4 +282,5 @@ def parse_connect_response(body: Any, now: float | None = None) -> ControllerCon
         agent_name=_str(body, "name") or _str(agent, "name"),
         org_id=_str(agent, "orgId"),
         raw_keys=tuple(sorted(body.keys())),
+        lifetime=lifetime,
     )

@@ -1,0 +1,355 @@
+"""The AIWM controller session as a state machine without I/O.
+
+The loop asks `next_call(now, busy)` for the call that is due, runs it off the main thread, and hands the
+outcome back with `complete(call, outcome, now)`; the session answers with events for the loop (a controller
+configuration to apply, a heartbeat answer, a failed connect). `now` is always passed in (time.monotonic()) and
+wall-clock timestamps come from an injected function, so every transition is unit-tested without sleeping.
+
+States:
+  connecting    start-up, before the first connect resolved
+  connected     holding a token the controller accepts; heartbeats run
+  fallback      never connected this run (or local mode): the local configuration is served
+  disconnected  lost the session after having one: the last controller configuration is served
+  suspended     an administrator suspended the agent: no heartbeats, a connect every fallback interval
+  deleted       the controller says the agent does not exist (heartbeat 404): no calls until a reload
+  stopping      shutting down
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from aiwm_agentd.backoff import backoff_delay, jittered_interval
+from aiwm_agentd.controller.client import ControllerError, HeartbeatResult
+from aiwm_agentd.controller.wire import ControllerConfig
+from aiwm_agentd.metrics import Metrics
+from aiwm_agentd.oncelog import OnceLog
+
+log = logging.getLogger("aiwm_agentd.controller.session")
+
+State = Literal["connecting", "connected", "fallback", "disconnected", "suspended", "deleted", "stopping"]
+REFRESH_MARGIN = 600.0  # refresh this long before the token's lifetime ends (at most a tenth of it)
+REFRESH_FLOOR = 1.0  # never refresh sooner than this after a connect, whatever the token says
+EXPIRY_SLACK = 5.0  # a token this close to its end is not used for another call
+
+ADVICE = {
+    "invalid_credentials": "check AIWM_AGENT_SECRET (regenerate credentials on the controller if lost)",
+    "no_secret": "the controller has no secret for this agent: regenerate its credentials",
+    "suspended": "an administrator suspended this agent on the controller",
+    "not_found": "check AIWM_AGENT_ID: the controller does not know this agent",
+    "rejected": "the controller refused the request; check AIWM_AGENT_SECRET",
+    "network": "check AIWM_BASE_URL, DNS, firewall and TLS (AIWM_CA_BUNDLE)",
+    "timeout": "the controller is slow or unreachable; check AIWM_BASE_URL and the network",
+    "server_error": "the controller is failing; it will be retried",
+    "rate_limited": "the controller is rate limiting; it will be retried",
+    "invalid_response": "AIWM_BASE_URL may point at something that is not an AIWM controller",
+}
+
+
+@dataclass(frozen=True)
+class SessionSettings:
+    enabled: bool
+    heartbeat_interval: float
+    reconnect_interval: float
+    fallback_retry_interval: float
+    connect_retries: int
+
+
+@dataclass(frozen=True)
+class Call:
+    """A controller call the loop must run. `generation` ties its outcome to the settings it was made with."""
+
+    kind: Literal["connect", "heartbeat"]
+    why: str
+    generation: int
+    token: str = ""
+    status: str = ""
+
+
+@dataclass(frozen=True)
+class Connected:
+    controller: ControllerConfig
+    previous: ControllerConfig | None
+    why: str
+
+
+@dataclass(frozen=True)
+class ConnectFailed:
+    error: ControllerError
+    why: str
+
+
+@dataclass(frozen=True)
+class HeartbeatAnswered:
+    result: HeartbeatResult
+
+
+Event = Connected | ConnectFailed | HeartbeatAnswered
+Outcome = ControllerConfig | HeartbeatResult | ControllerError
+
+
+class ControllerSession:
+    def __init__(self, settings: SessionSettings, metrics: Metrics | None = None,
+                 wall: Callable[[], float] = time.time, rng: random.Random | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        self._wall = wall
+        self._rng = rng
+        self._once = OnceLog(log)
+        self.state: State = "connecting"
+        self.controller: ControllerConfig | None = None
+        self.last_error = ""
+        self.connected_at: float | None = None  # wall time
+        self.last_heartbeat_at: float | None = None  # wall time of the last accepted heartbeat
+        self.heartbeat_failures_in_row = 0
+        self.token_refreshes = 0
+        self.heartbeat_enum = "idle"  # "idle" (idle|busy) or "online" (online|busy): what the controller takes
+        self._generation = 0
+        self._token_usable = False
+        self._token_until: float | None = None  # monotonic; None = valid until the controller refuses it
+        self._connect_due: float | None = None
+        self._connect_why = "connect"
+        self._heartbeat_due: float | None = None
+        self._attempt = 0  # failed connects in a row since the last success or fallback
+        self._refused_in_row = 0  # 401s since the last accepted heartbeat
+        self._in_flight: Call | None = None
+        self._heartbeat_logged = False
+
+    # -- what the loop asks ----------------------------------------------------------------------
+
+    @property
+    def token(self) -> str:
+        return self.controller.token if self.controller and self._token_usable else ""
+
+    def token_valid(self, now: float) -> bool:
+        return bool(self.token) and (self._token_until is None or now < self._token_until - EXPIRY_SLACK)
+
+    @property
+    def busy_calling(self) -> bool:
+        return self._in_flight is not None
+
+    def next_due(self) -> float | None:
+        """When `next_call` will have something (None: nothing scheduled, or a call is in flight)."""
+        if self._in_flight is not None or self.state == "stopping":
+            return None
+        dues = [d for d in (self._connect_due, self._heartbeat_due) if d is not None]
+        return min(dues) if dues else None
+
+    def next_call(self, now: float, busy: bool) -> Call | None:
+        if self._in_flight is not None or self.state == "stopping":
+            return None
+        if self.state == "connected" and not self.token_valid(now):
+            self._token_lost("the token expired before it could be refreshed", now)
+        call: Call | None = None
+        if self._connect_due is not None and now >= self._connect_due:
+            self._connect_due = None
+            call = Call("connect", self._connect_why, self._generation)
+        elif self._heartbeat_due is not None and now >= self._heartbeat_due and self.state == "connected":
+            self._heartbeat_due = None
+            status = "busy" if busy else self.heartbeat_enum
+            call = Call("heartbeat", "heartbeat", self._generation, token=self.token, status=status)
+        self._in_flight = call
+        return call
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def start(self, now: float) -> None:
+        if not self.settings.enabled:
+            self._set_state("fallback", "local mode (AIWM_ENABLED=false)")
+            return
+        self._schedule_connect(now, "connect")
+
+    def startup_expired(self) -> None:
+        """Start-up may not wait for the controller any longer: serve the local configuration meanwhile."""
+        if self.state == "connecting":
+            log.warning("the controller has not answered yet (%s); serving the local configuration "
+                        "(instruction file, env, defaults) while connecting", self.last_error or "no answer")
+            self._set_state("fallback", self.last_error or "controller not answering yet")
+
+    def reload(self, settings: SessionSettings, now: float, why: str, identity_changed: bool) -> None:
+        """New settings (SIGHUP, /reload): connect again now. A session whose token still works keeps it
+        (and keeps heartbeating) until the new connect succeeds, even if the new identity is refused."""
+        self.settings = settings
+        self._generation += 1  # outcomes of calls made before the reload are ignored
+        self._in_flight = None
+        if not settings.enabled:
+            self.controller, self._token_usable = None, False
+            self._connect_due = self._heartbeat_due = None
+            self._set_state("fallback", "local mode (AIWM_ENABLED=false)")
+            return
+        if identity_changed and self.state != "connected":
+            self.controller = None  # another agent or controller: the old configuration is not ours
+        self._attempt = 0
+        if self.state == "connected" and self._heartbeat_due is None:
+            self._heartbeat_due = now
+        self._schedule_connect(now, why)
+
+    def stop(self) -> None:
+        self._set_state("stopping")
+        self._connect_due = self._heartbeat_due = None
+
+    # -- outcomes --------------------------------------------------------------------------------
+
+    def complete(self, call: Call, outcome: Outcome, now: float) -> list[Event]:
+        if call is self._in_flight:
+            self._in_flight = None
+        if call.generation != self._generation or self.state == "stopping":
+            return []  # made before a reload, or too late to matter
+        if call.kind == "connect":
+            if isinstance(outcome, ControllerConfig):
+                return self._connected(outcome, call.why, now)
+            if isinstance(outcome, ControllerError):
+                return self._connect_failed(outcome, call.why, now)
+        else:
+            if isinstance(outcome, HeartbeatResult):
+                return self._heartbeat_accepted(outcome, call.status, now)
+            if isinstance(outcome, ControllerError):
+                self._heartbeat_failed(outcome, call.status, now)
+                return []
+        raise TypeError(f"a {call.kind} call cannot end with {type(outcome).__name__}")
+
+    def _connected(self, controller: ControllerConfig, why: str, now: float) -> list[Event]:
+        previous = self.controller
+        self.metrics.connection_success.inc()
+        if previous is not None:
+            self.token_refreshes += 1
+            self.metrics.token_refresh.inc()
+        self.controller = controller
+        self.connected_at = self._wall()
+        self.last_error = ""
+        self._attempt = 0
+        self._token_usable = True
+        self._token_until = now + controller.lifetime if controller.lifetime else None
+        self._schedule_connect(now + self._refresh_delay(controller), "token refresh")
+        self._heartbeat_due = now
+        self._heartbeat_logged = False
+        self._once.recovered("fallback", "connected to the controller again")
+        self._once.recovered("connect", "")
+        self.metrics.set_controller_version(controller.wire_version)
+        self.metrics.token_expiry.set(controller.expires_at or 0)
+        life = f"valid for {controller.lifetime:.0f} s" if controller.lifetime else "lifetime unknown"
+        log.info("%s: connected as %s (controller %s, token %s)", why, controller.agent_name or "this agent",
+                 controller.wire_version, life)
+        self._set_state("connected")
+        return [Connected(controller, previous, why)]
+
+    def _refresh_delay(self, controller: ControllerConfig) -> float:
+        delay = self.settings.reconnect_interval
+        if controller.lifetime:
+            life = controller.lifetime
+            delay = min(delay, max(REFRESH_FLOOR, life - min(REFRESH_MARGIN, life / 10)))
+        return delay
+
+    def _connect_failed(self, exc: ControllerError, why: str, now: float) -> list[Event]:
+        self.metrics.connection_failure.labels(exc.kind).inc()
+        self.last_error = exc.describe()
+        events: list[Event] = [ConnectFailed(exc, why)]
+        fallback = self.settings.fallback_retry_interval
+        if exc.kind == "suspended":
+            self._once.failure("fallback", exc.signature, logging.ERROR, "the controller refused to connect: %s "
+                               "[correlation id %s]; %s; heartbeats stop, retrying every %g s", exc.describe(),
+                               exc.correlation_id, ADVICE["suspended"], fallback)
+            self._token_usable, self._heartbeat_due, self._attempt = False, None, 0
+            self._set_state("suspended", exc.describe())
+            self._schedule_connect(now + max(fallback, exc.retry_after or 0.0), "retry")
+            return events
+        self._attempt += 1
+        if self.state == "connected" and self.token_valid(now):
+            # The current token still works: keep serving and heartbeating with it, retry the connect.
+            delay = fallback if exc.permanent else min(fallback, backoff_delay(self._attempt, rng=self._rng))
+            delay = max(delay, exc.retry_after or 0.0)
+            self._once.failure("connect", exc.signature, logging.WARNING,
+                               "%s failed (%s) [correlation id %s]; %s; keeping the current token, retry in "
+                               "%.0f s", why, exc.describe(), exc.correlation_id, ADVICE.get(exc.kind, ""), delay)
+            self._schedule_connect(now + delay, why)
+            return events
+        if exc.permanent or self._attempt > self.settings.connect_retries:
+            self._enter_fallback(exc, now)
+            return events
+        delay = max(backoff_delay(self._attempt, rng=self._rng), exc.retry_after or 0.0)
+        self._once.failure("connect", exc.signature, logging.WARNING,
+                           "%s failed (%s), retry %d/%d in %.1f s [correlation id %s]", why, exc.describe(),
+                           self._attempt, self.settings.connect_retries, delay, exc.correlation_id)
+        self._schedule_connect(now + delay, why)
+        return events
+
+    def _enter_fallback(self, exc: ControllerError, now: float) -> None:
+        self._once.failure("fallback", exc.signature, logging.ERROR,
+                           "cannot connect to the controller: %s [correlation id %s]; %s", exc.describe(),
+                           exc.correlation_id, ADVICE.get(exc.kind, ""))
+        had_session = self.controller is not None
+        new_state: State = "disconnected" if had_session else "fallback"
+        if self.state != new_state and not had_session:
+            log.warning("serving the local configuration (instruction file, env, defaults); retrying the "
+                        "controller every %g s", self.settings.fallback_retry_interval)
+        self._attempt = 0
+        self._token_usable, self._heartbeat_due = False, None
+        self._set_state(new_state, exc.describe())
+        self._schedule_connect(now + max(self.settings.fallback_retry_interval, exc.retry_after or 0.0), "retry")
+
+    def _heartbeat_accepted(self, result: HeartbeatResult, status: str, now: float) -> list[Event]:
+        self.last_heartbeat_at = self._wall()
+        self.heartbeat_failures_in_row = 0
+        self._refused_in_row = 0
+        self.metrics.heartbeat_success.inc()
+        self.metrics.last_heartbeat.set(self.last_heartbeat_at)
+        self._once.recovered("heartbeat", "heartbeats are accepted again")
+        log.log(logging.DEBUG if self._heartbeat_logged else logging.INFO,
+                "heartbeat %s accepted; next every ~%g s [correlation id %s]", status,
+                self.settings.heartbeat_interval, result.correlation_id)
+        self._heartbeat_logged = True
+        self._heartbeat_due = now + jittered_interval(self.settings.heartbeat_interval, rng=self._rng)
+        return [HeartbeatAnswered(result)]
+
+    def _heartbeat_failed(self, exc: ControllerError, status: str, now: float) -> None:
+        self.metrics.heartbeat_failure.labels(exc.kind).inc()
+        self.heartbeat_failures_in_row += 1
+        if exc.kind == "rejected" and status != "busy" and exc.mentions("status"):
+            other = "online" if self.heartbeat_enum == "idle" else "idle"
+            log.warning("controller rejected heartbeat status %r (%s); using %r from now on",
+                        status, exc.describe(), other)
+            self.heartbeat_enum = other
+            self._heartbeat_due = now
+        elif exc.kind == "unauthorized":
+            self._refused_in_row += 1
+            log.warning("heartbeat: token refused (%s); reconnecting now", exc.describe())
+            self._token_lost("token refused (401)", now)
+            if self._refused_in_row > 1:  # refused again right after a fresh connect: do not hammer
+                self._schedule_connect(now + backoff_delay(self._refused_in_row - 1, rng=self._rng,
+                                                           cap=self.settings.fallback_retry_interval),
+                                       "reconnect after 401")
+        elif exc.kind == "not_found":
+            log.critical("heartbeat: the controller says this agent does not exist (404). Heartbeats stopped; "
+                         "the bots keep serving the last configuration. Fix AIWM_AGENT_ID and reload.")
+            self._token_usable = False
+            self._connect_due = self._heartbeat_due = None
+            self._set_state("deleted", exc.describe())
+        else:
+            self._once.failure("heartbeat", exc.signature, logging.WARNING,
+                               "heartbeat failed: %s [correlation id %s]; will retry on schedule",
+                               exc.describe(), exc.correlation_id)
+            delay = jittered_interval(self.settings.heartbeat_interval, rng=self._rng)
+            self._heartbeat_due = now + max(delay, exc.retry_after or 0.0)
+
+    # -- helpers ---------------------------------------------------------------------------------
+
+    def _token_lost(self, why: str, now: float) -> None:
+        """The token is dead whatever its expiry says: serve the last configuration and reconnect now."""
+        self._token_usable, self._heartbeat_due, self._attempt = False, None, 0
+        self._set_state("disconnected", why)
+        self._schedule_connect(now, "reconnect after 401" if "401" in why else "reconnect")
+
+    def _schedule_connect(self, when: float, why: str) -> None:
+        self._connect_due, self._connect_why = when, why
+
+    def _set_state(self, state: State, error: str = "") -> None:
+        self.state = state
+        if error:
+            self.last_error = error
+        self.metrics.connected.set(1 if state == "connected" else 0)
+        self.metrics.fallback.set(1 if state == "fallback" else 0)

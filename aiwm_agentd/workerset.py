@@ -1,0 +1,155 @@
+"""The workers the supervisor runs: the Claude runner and the platform bots.
+
+Created on the first configuration that enables a platform (an agent without bots never imports the SDK or the
+bot libraries), started, given each new snapshot, checked every few seconds, restarted with backoff when a
+thread died (and shown unhealthy until the restarted worker is up again), and stopped in order.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from functools import partial
+from typing import Protocol
+
+from aiwm_agentd.backoff import backoff_delay
+from aiwm_agentd.config import AgentConfig
+from aiwm_agentd.metrics import Metrics
+from aiwm_agentd.workers import DaemonControl, Runner, Worker, WorkerHealth
+
+log = logging.getLogger("aiwm_agentd.workers")
+
+CHECK_INTERVAL = 2.0
+RESTART_CAP = 300.0
+
+
+class RunnerWorker(Runner, Worker, Protocol):
+    """The Claude runner is both: the bots submit to it, the supervisor supervises it."""
+
+
+WorkerFactory = Callable[[AgentConfig, DaemonControl], tuple[RunnerWorker, list[Worker]]]
+
+
+def default_worker_factory(config: AgentConfig, control: DaemonControl) -> tuple[RunnerWorker, list[Worker]]:
+    """The Claude runner and the platform bots, imported only when a platform is configured."""
+    from aiwm_agentd.platforms import build_platform_workers
+    from aiwm_agentd.runner import ClaudeRunner
+
+    runner = ClaudeRunner(config)
+    return runner, build_platform_workers(config, runner, control)
+
+
+def needs_workers(config: AgentConfig) -> bool:
+    return config.discord.enabled or config.telegram.enabled
+
+
+class WorkerSet:
+    def __init__(self, factory: WorkerFactory, control: DaemonControl, metrics: Metrics) -> None:
+        self._factory = factory
+        self._control = control
+        self._metrics = metrics
+        self.runner: RunnerWorker | None = None
+        self.platforms: list[Worker] = []
+        self._restarts: dict[str, tuple[int, float]] = {}  # name -> (attempts, next allowed, monotonic)
+        self._recovering: set[str] = set()  # restarted, not up yet
+        self.next_check: float | None = None
+
+    @property
+    def all(self) -> list[Worker]:
+        """The runner first, then the platform bots."""
+        return ([self.runner] if self.runner else []) + list(self.platforms)
+
+    def apply(self, config: AgentConfig, now: float) -> None:
+        """Give every worker the new snapshot; create and start them when a platform is first enabled."""
+        if self.runner is None:
+            if not needs_workers(config):
+                return
+            try:
+                self.runner, self.platforms = self._factory(config, self._control)
+            except Exception:
+                log.exception("could not create the workers; serving without them")
+                return
+            for worker in self.all:
+                _guarded(worker.name, "start", worker.start)
+            self.next_check = now + CHECK_INTERVAL
+            return
+        for worker in self.all:
+            _guarded(worker.name, "apply the new configuration", partial(worker.apply, config))
+
+    def health(self) -> list[tuple[str, WorkerHealth]]:
+        result = []
+        for worker in self.all:
+            health = _health(worker)
+            if worker.name in self._recovering and health.alive and health.state == "starting":
+                health = replace(health, state="error", detail="restarting after its thread died")
+            result.append((worker.name, health))
+        return result
+
+    def check(self, now: float) -> None:
+        """Restart dead workers with backoff; export worker_up."""
+        self.next_check = now + CHECK_INTERVAL if self.all else None
+        for worker in self.all:
+            health = _health(worker)
+            self._metrics.worker_up.labels(worker.name).set(1 if health.healthy else 0)
+            if health.alive:
+                if health.state != "starting" and worker.name in self._recovering:
+                    self._recovering.discard(worker.name)
+                    log.info("worker %s is back (%s)", worker.name, health.state)
+                continue
+            attempts, allowed_at = self._restarts.get(worker.name, (0, 0.0))
+            if now < allowed_at:
+                continue
+            attempts += 1
+            delay = backoff_delay(attempts, cap=RESTART_CAP)
+            self._restarts[worker.name] = (attempts, now + delay)
+            self._recovering.add(worker.name)
+            log.error("worker %s died (%s); restarting (attempt %d, next no sooner than %.0f s)",
+                      worker.name, health.detail, attempts, delay)
+            _guarded(worker.name, "stop", partial(worker.stop, time.monotonic() + 1.0))
+            _guarded(worker.name, "start", worker.start)
+        for name, (_attempts, allowed_at) in list(self._restarts.items()):
+            if now > allowed_at + RESTART_CAP:
+                del self._restarts[name]
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.runner and self.runner.busy)
+
+    def queue_depth(self) -> int:
+        return self.runner.queue_depth() if self.runner else 0
+
+    def active_connections(self) -> int:
+        return sum(1 for w in self.platforms if _health(w).state == "ok")
+
+    def stop(self, deadline: float) -> None:
+        """Platforms first (no new intake), then the runner (running turns get the rest of the deadline)."""
+        _stop_all(self.platforms, deadline)
+        _stop_all([self.runner] if self.runner else [], deadline)
+
+
+def _health(worker: Worker) -> WorkerHealth:
+    try:
+        return worker.health()
+    except Exception as exc:
+        return WorkerHealth("error", f"health check failed: {exc}", alive=False)
+
+
+def _guarded(name: str, what: str, action: Callable[[], object]) -> None:
+    try:
+        action()
+    except Exception:
+        log.exception("worker %s failed to %s", name, what)
+
+
+def _stop_all(workers: list[Worker], deadline: float) -> None:
+    threads = []
+    for worker in workers:
+        t = threading.Thread(target=_guarded, args=(worker.name, "stop cleanly", partial(worker.stop, deadline)),
+                             name=f"stop-{worker.name}", daemon=True)
+        t.start()
+        threads.append(t)
+    for t in threads:
+        t.join(max(0.0, deadline - time.monotonic()))
