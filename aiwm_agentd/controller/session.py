@@ -127,7 +127,7 @@ class ControllerSession:
         return self.controller.token if self.controller and self._token_usable else ""
 
     def token_valid(self, now: float) -> bool:
-        return bool(self.token) and (self._token_until is None or now < self._token_until - EXPIRY_SLACK)
+        return bool(self.token) and (self._token_until is None or now < self._token_until)
 
     @property
     def busy_calling(self) -> bool:
@@ -137,7 +137,8 @@ class ControllerSession:
         """When `next_call` will have something (None: nothing scheduled, or a call is in flight)."""
         if self._in_flight is not None or self.state == "stopping":
             return None
-        dues = [d for d in (self._connect_due, self._heartbeat_due) if d is not None]
+        expiry = self._token_until if self.state == "connected" else None
+        dues = [d for d in (self._connect_due, self._heartbeat_due, expiry) if d is not None]
         return min(dues) if dues else None
 
     def next_call(self, now: float, busy: bool) -> Call | None:
@@ -224,7 +225,10 @@ class ControllerSession:
         self.last_error = ""
         self._attempt = 0
         self._token_usable = True
-        self._token_until = now + controller.lifetime if controller.lifetime else None
+        self._token_until = None
+        if controller.lifetime:  # stop using it a little before its end, but not before a refresh could run
+            life = controller.lifetime
+            self._token_until = now + max(REFRESH_FLOOR, life - min(EXPIRY_SLACK, life / 10))
         self._schedule_connect(now + self._refresh_delay(controller), "token refresh")
         self._heartbeat_due = now
         self._heartbeat_logged = False
