@@ -32,11 +32,15 @@ from aiwm_agentd.config.parsers import (
     parse_ids,
     parse_log_level,
     parse_milliseconds,
+    parse_path,
+    parse_pem_file,
     parse_permission_mode,
     parse_positive_int,
     parse_seconds,
     parse_text,
+    parse_url_text,
     parse_ws_url,
+    url_without_password,
 )
 from aiwm_agentd.config.snapshot import build_agent_config, read_instruction_file
 from aiwm_agentd.config.table import (
@@ -58,8 +62,9 @@ __all__ = [
     "ClaudeConfig", "ConfigError", "DaemonSettings", "PlatformConfig", "Provenance", "Setting",
     "build_agent_config", "describe_changes", "describe_daemon_settings", "is_loopback_host",
     "load_daemon_settings", "parse_bool", "parse_health_addr", "parse_http_url", "parse_ids", "parse_log_level",
-    "parse_milliseconds", "parse_permission_mode", "parse_positive_int", "parse_seconds", "parse_text",
-    "parse_ws_url", "read_env_file", "read_instruction_file",
+    "parse_milliseconds", "parse_path", "parse_pem_file", "parse_permission_mode", "parse_positive_int",
+    "parse_seconds", "parse_text", "parse_url_text", "parse_ws_url", "read_env_file", "read_instruction_file",
+    "url_without_password",
 ]
 
 

@@ -21,6 +21,7 @@ from aiwm_agentd.config.table import CLAUDE_SETTINGS, DEFAULT_INSTRUCTION, PLATF
 from aiwm_agentd.controller.wire import ControllerConfig
 
 Override = tuple[str, Any]  # (where in the controller response, raw value)
+Candidate = tuple[str, Any, Callable[[Any], Any], bool]  # (origin, raw value, parser, from the controller)
 
 
 class _Resolver:
@@ -40,29 +41,29 @@ class _Resolver:
             node = node[part]
         return True, node
 
-    def _candidates(self, s: Setting, override: Override | None) -> list[tuple[str, Any, Callable[[Any], Any]]]:
-        """(origin, raw value, parser) for every layer that has the key, highest precedence first."""
-        found: list[tuple[str, Any, Callable[[Any], Any]]] = []
+    def _candidates(self, s: Setting, override: Override | None) -> list[Candidate]:
+        """Every layer that has the key, highest precedence first."""
+        found: list[Candidate] = []
         if override is not None:
-            found.append((f"controller ({override[0]})", override[1], s.parse))
+            found.append((f"controller ({override[0]})", override[1], s.parse, True))
         if s.flat and s.flat in self.settings:
-            found.append((f"controller (settings.{s.flat})", self.settings[s.flat], s.flat_parse or s.parse))
+            found.append((f"controller (settings.{s.flat})", self.settings[s.flat], s.flat_parse or s.parse, True))
         if s.nested:
             present, raw = self._nested(s.nested)
             if present:
-                found.append((f"controller (settings.{s.nested})", raw, s.parse))
+                found.append((f"controller (settings.{s.nested})", raw, s.parse, True))
         if env_text(self.env, s.env):
-            found.append((f"env ({s.env})", env_text(self.env, s.env), s.parse))
+            found.append((f"env ({s.env})", env_text(self.env, s.env), s.parse, False))
         return found
 
     def resolve(self, s: Setting, override: Override | None = None) -> Any:
-        for origin, raw, parse in self._candidates(s, override):
+        for origin, raw, parse, from_controller in self._candidates(s, override):
             if raw is None or raw == "":
                 continue
             try:
                 value = parse(raw)
             except ValueError as exc:
-                if origin.startswith("env "):
+                if not from_controller:
                     raise ConfigError(s.env, str(exc), raw, secret=s.secret) from None
                 shown = "(value hidden)" if s.secret else repr(raw)
                 self.warnings.append(f"{origin}: expected {exc}, got {shown}; ignored")
