@@ -156,18 +156,12 @@ def _print_provenance(rows: Sequence[tuple[str, str, str]]) -> None:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    from aiwm_agentd.logs import mask_value
+    from aiwm_agentd.config import describe_daemon_settings
 
     env, settings = _load(args.env_file)
     print(f"env file: {args.env_file}")
     print("daemon settings:")
-    secret_keys = {"AIWM_AGENT_SECRET"}
-    rows = []
-    for key, origin in sorted(settings.origins.items()):
-        raw = env.get(key, "")
-        shown = mask_value(raw) if key in secret_keys else (raw or _default_of(settings, key))
-        rows.append((key, shown, origin))
-    _print_provenance(rows)
+    _print_provenance([(p.key, p.shown, p.origin) for p in describe_daemon_settings(settings)])
     controller = None
     exit_code = 0
     if args.connect and settings.enabled:
@@ -193,21 +187,6 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         print("mode: local (AIWM_ENABLED=false)")
     print("configuration OK" if exit_code == 0 else "configuration OK, but the controller refused or is unreachable")
     return exit_code
-
-
-def _default_of(settings: DaemonSettings, key: str) -> str:
-    attr = {
-        "AIWM_ENABLED": settings.enabled, "AIWM_ALLOW_INSECURE_HTTP": settings.allow_insecure_http,
-        "AIWM_HEARTBEAT_INTERVAL": settings.heartbeat_interval,
-        "AIWM_RECONNECT_INTERVAL": settings.reconnect_interval,
-        "AIWM_FALLBACK_RETRY_INTERVAL": settings.fallback_retry_interval,
-        "AIWM_REQUEST_TIMEOUT": settings.request_timeout, "AIWM_CONNECT_RETRIES": settings.connect_retries,
-        "AIWM_SHUTDOWN_TIMEOUT": settings.shutdown_timeout,
-        "AIWM_HEALTH_ADDR": "off" if settings.health_addr is None else "{}:{}".format(*settings.health_addr),
-        "AIWM_STATE_DIR": settings.state_dir, "AIWM_INSTRUCTION_FILE": settings.instruction_file,
-        "LOG_LEVEL": settings.log_level, "AIWM_CA_BUNDLE": settings.ca_bundle or "(system CAs)",
-    }.get(key, "")
-    return str(attr) if attr != "" else "(unset)"
 
 
 def cmd_connect(args: argparse.Namespace) -> int:
