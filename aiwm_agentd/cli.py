@@ -165,10 +165,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     controller = None
     exit_code = 0
     if args.connect and settings.enabled:
-        from aiwm_agentd.controller.client import ControllerClient, ControllerError
+        from aiwm_agentd.controller.client import ControllerError
 
-        client = ControllerClient(settings.base_url, settings.agent_id, settings.agent_secret,
-                                  timeout=settings.request_timeout, verify=settings.verify)
+        client = _client(settings, env)
         try:
             controller = client.connect()
             print(f"controller: connected ({controller.wire_version})")
@@ -176,7 +175,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             print(f"controller: connect failed: {exc.describe()} [correlation id {exc.correlation_id}]")
             exit_code = EX_UNAVAILABLE
         finally:
-            client.close()
+            _disconnect_quietly(client, controller, "aiwm-agentd check-config --connect")
     local = read_instruction_file(settings.instruction_file) if controller is None else None
     config = build_agent_config(env, controller, settings, local)
     print("agent configuration:")

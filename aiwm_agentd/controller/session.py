@@ -236,9 +236,9 @@ class ControllerSession:
         self._once.recovered("connect", "")
         self.metrics.set_controller_version(controller.wire_version)
         self.metrics.token_expiry.set(controller.expires_at or 0)
-        life = f"valid for {controller.lifetime:.0f} s" if controller.lifetime else "lifetime unknown"
+        validity = f"valid for {controller.lifetime:.0f} s" if controller.lifetime else "lifetime unknown"
         log.info("%s: connected as %s (controller %s, token %s)", why, controller.agent_name or "this agent",
-                 controller.wire_version, life)
+                 controller.wire_version, validity)
         self._set_state("connected")
         return [Connected(controller, previous, why)]
 

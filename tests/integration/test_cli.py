@@ -53,6 +53,8 @@ def test_check_config_shows_origins_and_masks_secrets(ctl: FaultyController, tmp
     assert "controller (settings.claude_model)" in rows["claude.model"]
     assert "controller (settings.discord.token)" in rows["discord.token"]
     assert "controller (v5)" not in online.stdout and "connected (v5)" in online.stdout
+    # A one-shot command that connected also disconnects: the portal must not show the agent online.
+    assert ctl.disconnects == ["aiwm-agentd check-config --connect"]
     for output in (offline.stdout + offline.stderr, online.stdout + online.stderr):
         assert_no_secrets(output, ctl.secret, "discord-token-xyz-12345", "123456:telegram-secret-abc")
 
@@ -79,6 +81,7 @@ def test_connect_prints_what_the_controller_returned(ctl: FaultyController, tmp_
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(result.stdout)
     assert report["connect"]["ok"] is True
+    assert ctl.disconnects == ["aiwm-agentd connect (manual test)"]
     assert report["connect"]["wire_version"] == "v4"
     assert report["connect"]["instruction"] == "Be brief.\n\n## Guidelines\n1. Be polite"
     assert report["heartbeat"]["ok"] is True
@@ -158,6 +161,7 @@ def test_ask_runs_one_turn_with_the_daemons_configuration(ctl: FaultyController,
         assert request.body["model"] == "claude-ask-model"
         assert request.headers["x-api-key"] == "sk-ant-ask-test-000111"
         assert request.last_user_text == "ping"
+        assert ctl.disconnects == ["aiwm-agentd ask"]
     assert_no_secrets(result.stdout + result.stderr, ctl.secret, "sk-ant-ask-test-000111")
 
 

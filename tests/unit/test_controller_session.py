@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import random
 
@@ -11,8 +12,8 @@ import pytest
 from aiwm_agentd.controller.client import ControllerError, HeartbeatResult
 from aiwm_agentd.controller.session import (
     Call,
-    ConnectFailed,
     Connected,
+    ConnectFailed,
     ControllerSession,
     HeartbeatAnswered,
     SessionSettings,
@@ -158,7 +159,7 @@ def test_transient_failures_back_off_then_fall_back_and_retry_on_the_fallback_in
         times.append(h.now)
         events = h.answer(call, error("server_error", 503))
         assert isinstance(events[0], ConnectFailed)
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     assert 0.8 <= gaps[0] <= 1.2 and 1.6 <= gaps[1] <= 2.4 and 3.2 <= gaps[2] <= 4.8
     assert s.state == "fallback"
     assert (s.next_due() or 0) - h.now == pytest.approx(300)
