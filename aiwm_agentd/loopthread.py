@@ -223,7 +223,7 @@ class LoopThread:
             log.error("%s died: %s", self.name, logs.mask(f"{type(error).__name__}: {error}"),
                       exc_info=(type(error), error, error.__traceback__))
         try:
-            self._cleanup(run)
+            self._cleanup(run, error)
         finally:
             with self._lock:
                 if self._run is run:
@@ -236,9 +236,11 @@ class LoopThread:
                 except Exception:
                     log.exception("%s: its exit hook failed", self.name)
 
-    def _cleanup(self, run: _Run) -> None:
+    def _cleanup(self, run: _Run, error: BaseException | None) -> None:
         """Cancel what the main coroutine left behind, let it unwind for a bounded time, close the loop."""
         loop = run.loop
+        if error is not None:
+            _silence_the_killer(loop, error)
         try:
             pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
             for task in pending:
@@ -255,6 +257,17 @@ class LoopThread:
         finally:
             asyncio.set_event_loop(None)
             loop.close()
+
+
+def _silence_the_killer(loop: asyncio.AbstractEventLoop, error: BaseException) -> None:
+    """The task that killed the loop is reported "exception never retrieved" when collected: we logged it
+    already (as the death), so only that report is dropped."""
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if context.get("exception") is not error:
+            loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handler)
 
 
 def _cancel_all() -> None:

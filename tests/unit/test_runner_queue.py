@@ -344,3 +344,25 @@ def test_a_killed_loop_is_reported_answers_honestly_and_restarts(make_runner: An
     runner.start()
     assert runner.submit(key, "back?").result(5).text == "re: back?"
     assert runner.health().alive and runner.health().state in ("starting", "ok")
+
+
+# The platform side of a full queue: which refusals are answered (pure logic, injected clock).
+
+
+def test_refusal_gate_answers_once_per_episode_and_again_after_the_quiet_time() -> None:
+    from aiwm_agentd.platforms.base import RefusalGate
+
+    now = [100.0]
+    gate = RefusalGate(quiet=30.0, clock=lambda: now[0])
+    key, other = ConversationKey("t", "1"), ConversationKey("t", "2")
+    assert [gate.refused(key) for _ in range(5)] == [True, False, False, False, False]
+    assert gate.refused(other)  # episodes are per conversation
+    now[0] += 29.9
+    assert not gate.refused(key)
+    now[0] += 0.2  # 30 s after the answered refusal: the user is told again
+    assert gate.refused(key) and gate.silenced_in(key) == 0
+    assert not gate.refused(key)
+    assert gate.accepted(key) == 1  # the queue drained: episode over, one refusal went unanswered
+    assert gate.accepted(key) == 0
+    assert gate.refused(key)  # a new episode starts with an answered refusal
+    assert (gate.answered, gate.silenced) == (4, 6)
