@@ -67,10 +67,12 @@ class _Episode:
 class RefusalGate:
     """Decides which `queue_full` refusals are answered: the first of an overflow episode only.
 
-    An episode starts with a refusal and ends when the conversation accepts a message again, or `quiet`
-    seconds after its answered refusal (then the next refusal is answered again, so a user who keeps writing
-    into a stuck conversation is told again now and then). Refusals not answered are counted, and logged
-    when the episode ends. Not thread-safe: used on the worker's loop only.
+    An episode starts with a refusal and ends when the conversation has drained (`accepted()`: the caller
+    says a message was accepted while none of the conversation's turns was pending), or `quiet` seconds
+    after its answered refusal (then the next refusal is answered again, so a user who keeps writing into a
+    stuck conversation is told again now and then). A message accepted while the queue is still draining
+    does not end it: otherwise every freed slot would let one message in and the next refusal be answered.
+    Refusals not answered are counted, and logged when the episode ends. Not thread-safe: the loop only.
     """
 
     def __init__(self, quiet: float = REFUSAL_QUIET, clock: Callable[[], float] = time.monotonic) -> None:
@@ -93,7 +95,8 @@ class RefusalGate:
         return True
 
     def accepted(self, key: ConversationKey) -> int:
-        """A message of `key` was accepted: the episode (if any) ends; returns how many went unanswered."""
+        """`key` drained (a message accepted with nothing pending): the episode ends; returns how many
+        refusals went unanswered in it."""
         episode = self._episodes.pop(key, None)
         return episode.silenced if episode is not None else 0
 
@@ -312,7 +315,7 @@ class PlatformWorker(abc.ABC):
         if refusal is not None:
             self._on_refused(key, refusal, responder)
             return
-        silenced = self._refusals.accepted(key)
+        silenced = self._refusals.accepted(key) if key not in self._typing else 0  # drained: episode over
         if silenced:
             self.log.info("%s: %s accepts messages again; %d refused messages were not answered",
                           self.name, key, silenced)

@@ -513,3 +513,18 @@ def test_a_storm_into_a_full_conversation_gets_one_refusal_reply(rig: Rig) -> No
     wait_until(lambda: telegram_texts(rig).count(QUEUE_FULL.text) == 2, what="a second episode's refusal")
     time.sleep(0.2)
     assert telegram_texts(rig).count(QUEUE_FULL.text) == 2
+
+
+def test_a_message_let_in_while_the_queue_drains_does_not_restart_the_refusals(rig: Rig) -> None:
+    rig.runner.delay, rig.runner.limit = 0.4, 2
+    for n in range(5):  # 2 accepted, 3 refused: one refusal reply
+        rig.tg.inject_message(GROUP, f"@aiwm_test_bot first {n}")
+    wait_until(lambda: "echo: first 0" in telegram_texts(rig), what="the first answer (one slot free)")
+    rig.tg.inject_message(GROUP, "@aiwm_test_bot slips in")  # accepted, but the conversation is still busy
+    wait_until(lambda: len(rig.runner.submits) == 3, what="the third message accepted")
+    for n in range(3):
+        rig.tg.inject_message(GROUP, f"@aiwm_test_bot refused again {n}")
+    wait_until(lambda: rig.runner.refused >= 4, what="refused again")
+    wait_until(lambda: "echo: slips in" in telegram_texts(rig), what="all answers")
+    assert telegram_texts(rig).count(QUEUE_FULL.text) == 1
+    assert rig.telegram.health().extra["refusals_silenced"] == rig.runner.refused - 1
