@@ -72,7 +72,8 @@ class LoopThread:
     def __init__(self, name: str, *, request_stop: Callable[[float], None] | None = None,
                  on_exit: Callable[[], None] | None = None) -> None:
         """`request_stop(deadline)` runs on the loop when stop() is called (default: cancel the main task).
-        `on_exit()` runs on the worker thread once the loop is closed, however the run ended."""
+        `on_exit()` runs on the worker thread once the loop is closed, however the run ended; not for a run
+        that stop() abandoned and a later start() replaced (it would act on the new run's state)."""
         self.name = name
         self._request_stop = request_stop
         self._on_exit = on_exit
@@ -197,7 +198,9 @@ class LoopThread:
         return True
 
     def _ask_to_end(self, run: _Run, deadline: float) -> None:
-        if self._request_stop is None:
+        with self._lock:
+            stale = self._run is not run  # abandoned and replaced: the hook would stop the new run
+        if self._request_stop is None or stale:
             run.main.cancel()
             return
         try:
@@ -226,11 +229,12 @@ class LoopThread:
             self._cleanup(run, error)
         finally:
             with self._lock:
-                if self._run is run:
+                current = self._run is run
+                if current:
                     self._error = error
                     if self._state is LoopState.RUNNING:
                         self._state = LoopState.DIED if error is not None else LoopState.STOPPED
-            if self._on_exit is not None:
+            if self._on_exit is not None and current:
                 try:
                     self._on_exit()
                 except Exception:

@@ -90,7 +90,8 @@ class RefusalGate:
             episode.silenced += 1
             self.silenced += 1
             return False
-        self._episodes[key] = _Episode(now)
+        # A refusal answered again after `quiet` continues the episode: its unanswered count is logged once.
+        self._episodes[key] = _Episode(now, episode.silenced if episode is not None else 0)
         self.answered += 1
         return True
 
@@ -344,7 +345,7 @@ class PlatformWorker(abc.ABC):
         task = asyncio.get_running_loop().create_task(self._keep_typing(responder))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        self._typing[key] = _Typing(task)
+        self._typing[key] = _Typing(task, typing.turns + 1 if typing is not None else 1)
 
     def _typing_end(self, key: ConversationKey) -> None:
         """A turn of `key` is answered: stop its typing loop when it was the last one pending."""

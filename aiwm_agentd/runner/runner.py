@@ -94,7 +94,7 @@ class ClaudeRunner:
         self._pending: dict[ConversationKey, int] = {}
         self._outstanding: set[_Item] = set()  # accepted, not answered yet
         self._refused = 0
-        self._refusing: dict[ConversationKey, int] = {}  # conversations at their limit: refusals so far
+        self._refusing: dict[ConversationKey, int] = {}  # refusals per conversation until it drains
         self._running_turns = 0
         self._live_clients = 0
         self._child_pids: set[int] = set()
@@ -205,9 +205,6 @@ class ClaudeRunner:
                             key, limit)
             self._refusing[key] = refused + 1
             return failures.QUEUE_FULL
-        refused = self._refusing.pop(key, 0)
-        if refused:
-            log.info("[%s] accepting messages again (%d refused meanwhile)", key, refused)
         self._pending[key] = self._pending.get(key, 0) + 1
         self._outstanding.add(item)
         return None
@@ -257,6 +254,7 @@ class ClaudeRunner:
         """Count the message as answered, then hand over the reply (None: the caller cancelled it).
 
         Idempotent: the first answer wins (the loop and a sweep after its end may both try)."""
+        refused = 0
         with self._lock:
             if item not in self._outstanding:
                 return
@@ -266,6 +264,9 @@ class ClaudeRunner:
                 self._pending[item.key] = left
             else:
                 self._pending.pop(item.key, None)
+                refused = self._refusing.pop(item.key, 0)
+        if refused:
+            log.info("[%s] drained; %d messages were refused meanwhile", item.key, refused)
         if reply is not None:
             with contextlib.suppress(concurrent.futures.InvalidStateError):  # cancelled by the caller
                 item.future.set_result(reply)

@@ -268,3 +268,26 @@ def test_submit_during_stop_still_runs(lts: list[LoopThread]) -> None:
     lt.call_soon(results.append, "during stop")
     stopper.join()
     assert results == ["during stop"] and lt.state is LoopState.STOPPED
+
+
+def test_an_abandoned_run_ending_later_does_not_touch_the_new_run(lts: list[LoopThread]) -> None:
+    release, old_ended = threading.Event(), threading.Event()
+    exits: list[str] = []
+
+    async def blocked() -> None:
+        release.wait(WAIT)
+        old_ended.set()
+        raise RuntimeError("the old run ends badly, late")
+
+    forever = Forever()
+    lt = LoopThread("replaced", request_stop=forever.request_stop, on_exit=lambda: exits.append("exit"))
+    lts.append(lt)
+    lt.start(blocked)
+    assert lt.stop(time.monotonic() + 0.2) is False
+    lt.start(forever.main)
+    assert forever.started.wait(WAIT)
+    release.set()
+    assert old_ended.wait(WAIT)
+    time.sleep(0.1)  # let the old thread finish its cleanup (nothing to wait on from here)
+    assert state_of(lt) is LoopState.RUNNING and lt.error is None and exits == []
+    assert lt.stop(time.monotonic() + WAIT) and exits == ["exit"]
