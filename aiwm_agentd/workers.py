@@ -1,8 +1,12 @@
 """The small interface between the supervisor and everything it runs in a thread.
 
 The supervisor (main thread) calls `start()`, `apply(config)`, `health()` and `stop(deadline)`; it never
-touches a worker's event loop. Workers never call the controller: the only way back to the supervisor is the
-`DaemonControl` handle they are given (status for `/status`, a reload request for `/reload`).
+touches a worker's event loop (each worker runs one `loopthread.LoopThread`). The lifecycle is guarded:
+`start()` returns at once, raises RuntimeError while running, and works again after `stop()` or after the
+worker's thread died (`health().alive` False), which is how the supervisor restarts a dead worker.
+
+Workers never call the controller: the only way back to the supervisor is the `DaemonControl`
+handle they are given (status for `/status`, a reload request for `/reload`).
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ HealthState = Literal["starting", "ok", "degraded", "error", "stopped"]
 class WorkerHealth:
     state: HealthState
     detail: str = ""
-    # A worker whose thread died sets this; the supervisor then restarts it with backoff.
+    # False only when the worker's thread died (its loop crashed): the supervisor shows it unhealthy, calls
+    # stop() then start() with backoff. stop() does not clear it; the next start() does.
     alive: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -36,7 +41,9 @@ class Worker(Protocol):
     name: str
 
     def start(self) -> None:
-        """Start the worker's thread and return without waiting for the network."""
+        """Start the worker's thread and return at once (no waiting for its loop or the network).
+
+        Again after stop() or after the thread died; RuntimeError while it is running."""
 
     def apply(self, config: AgentConfig) -> None:
         """Take a new configuration snapshot; restart only what changed. Must not block for long."""
@@ -71,7 +78,8 @@ class ConversationKey:
 
 @dataclass(frozen=True)
 class Reply:
-    """What a turn produced for the user. `error` is set when `text` is an honest failure message."""
+    """What a turn produced for the user. `error` is set when `text` is an honest failure message
+    (runner/failures.py codes: e.g. "queue_full" when the conversation already had queue_limit messages)."""
 
     text: str
     session_id: str = ""
@@ -83,7 +91,9 @@ class Reply:
 class Runner(Protocol):
     """What the platform bots need from the Claude runner."""
 
-    def submit(self, conversation: ConversationKey, text: str) -> concurrent.futures.Future[Reply]: ...
+    def submit(self, conversation: ConversationKey, text: str) -> concurrent.futures.Future[Reply]:
+        """Never raises and never hangs: refusals (queue_full, not_running, shutting_down) resolve at once."""
+        ...
 
     def reset(self, conversation: ConversationKey) -> None: ...
 

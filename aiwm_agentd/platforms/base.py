@@ -1,14 +1,17 @@
-"""The plumbing shared by the chat platforms: a thread with its own event loop, restarts, health, turns.
+"""The plumbing shared by the chat platforms: sessions, restarts, health, turns (the thread is a LoopThread).
 
-A `PlatformWorker` runs one library client (a discord.py `Client`, a PTB `Application`) in its own thread.
-Its loop: while enabled, run a *session* (a fresh client, connected, monitored); when the session fails,
-restart it with exponential backoff, or with a long backoff when the platform rejected our configuration
-(`ConfigurationError`: bad token, missing intent), which is logged once and shown in `health()`.
+A `PlatformWorker` runs one library client (a discord.py `Client`, a PTB `Application`) on a `LoopThread`:
+`start()` returns at once, works again after `stop()` or after the loop died, and `health()` says
+`alive=False` when it died so the supervisor restarts it. Its main coroutine: while enabled, run a *session*
+(a fresh client, connected, monitored); when the session fails, restart it with exponential backoff, or with
+a long backoff when the platform rejected our configuration (`ConfigurationError`: bad token, missing
+intent), which is logged once and shown in `health()`.
 
 Turns: an addressed message is submitted to the runner *synchronously* in the library's callback, so the
 runner's per-conversation FIFO sees messages in arrival order; the answer is awaited in a task, and each
-conversation's answers are sent strictly one after the other, as replies to the triggering message, with
-the typing indicator refreshed until the answer is sent.
+conversation's answers are sent strictly one after the other, as replies to the triggering message. One
+typing loop per conversation runs while any of its turns is pending (not one per queued message), and a
+conversation whose queue is full gets one refusal reply per overflow episode, not one per refused message.
 """
 
 from __future__ import annotations
@@ -19,18 +22,21 @@ import concurrent.futures
 import contextlib
 import logging
 import random
-import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from aiwm_agentd import logs
 from aiwm_agentd.config import AgentConfig, PlatformConfig
+from aiwm_agentd.loopthread import LoopNotRunning, LoopState, LoopThread
 from aiwm_agentd.platforms.commands import Command, format_reload, format_status
 from aiwm_agentd.platforms.split import split_message
 from aiwm_agentd.workers import ConversationKey, DaemonControl, HealthState, Reply, Runner, WorkerHealth
 
 RELOAD_TIMEOUT = 60.0
+# How long one refusal reply covers a conversation whose queue stays full.
+REFUSAL_QUIET = 30.0
 
 
 class ConfigurationError(Exception):
@@ -52,6 +58,62 @@ def connection_fields(config: PlatformConfig) -> tuple[object, ...]:
     return (config.enabled, config.token, config.api_base_url, config.gateway_url)
 
 
+@dataclass
+class _Episode:
+    began: float
+    silenced: int = 0
+
+
+class RefusalGate:
+    """Decides which `queue_full` refusals are answered: the first of an overflow episode only.
+
+    An episode starts with a refusal and ends when the conversation has drained (`accepted()`: the caller
+    says a message was accepted while none of the conversation's turns was pending), or `quiet` seconds
+    after its answered refusal (then the next refusal is answered again, so a user who keeps writing into a
+    stuck conversation is told again now and then). A message accepted while the queue is still draining
+    does not end it: otherwise every freed slot would let one message in and the next refusal be answered.
+    Refusals not answered are counted, and logged when the episode ends. Not thread-safe: the loop only.
+    """
+
+    def __init__(self, quiet: float = REFUSAL_QUIET, clock: Callable[[], float] = time.monotonic) -> None:
+        self.quiet = quiet
+        self._clock = clock
+        self._episodes: dict[ConversationKey, _Episode] = {}
+        self.answered = 0
+        self.silenced = 0
+
+    def refused(self, key: ConversationKey) -> bool:
+        """A message of `key` was refused; True when this refusal should be answered."""
+        now = self._clock()
+        episode = self._episodes.get(key)
+        if episode is not None and now - episode.began < self.quiet:
+            episode.silenced += 1
+            self.silenced += 1
+            return False
+        # A refusal answered again after `quiet` continues the episode: its unanswered count is logged once.
+        self._episodes[key] = _Episode(now, episode.silenced if episode is not None else 0)
+        self.answered += 1
+        return True
+
+    def accepted(self, key: ConversationKey) -> int:
+        """`key` drained (a message accepted with nothing pending): the episode ends; returns how many
+        refusals went unanswered in it."""
+        episode = self._episodes.pop(key, None)
+        return episode.silenced if episode is not None else 0
+
+    def silenced_in(self, key: ConversationKey) -> int:
+        episode = self._episodes.get(key)
+        return episode.silenced if episode is not None else 0
+
+
+@dataclass
+class _Typing:
+    """The one typing loop of a conversation and how many of its turns are still pending."""
+
+    task: asyncio.Task[None]
+    turns: int = 1
+
+
 class PlatformWorker(abc.ABC):
     """A `workers.Worker` for one chat platform. Subclasses implement `_session` and the message glue."""
 
@@ -70,15 +132,16 @@ class PlatformWorker(abc.ABC):
         self._config = config.platform(self.name)
         self._runner = runner
         self._control = control
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._wake: asyncio.Event | None = None
+        self._loop_thread = LoopThread(f"platform-{self.name}", request_stop=self._request_stop)
+        self._wake = asyncio.Event()
         self._stopping = False
         self._restart_requested = False
         self._deadline = float("inf")
         self._health = WorkerHealth("stopped", "not started")
         self._tasks: set[asyncio.Task[Any]] = set()
         self._tails: dict[ConversationKey, asyncio.Future[None]] = {}
+        self._typing: dict[ConversationKey, _Typing] = {}
+        self._refusals = RefusalGate()
         self._logged_config_error = ""
         self.sessions_started = 0
         logs.register_secret(self._config.token)
@@ -87,13 +150,16 @@ class PlatformWorker(abc.ABC):
     # The Worker interface (called from the supervisor thread).
 
     def start(self) -> None:
-        if self._thread is not None and self._thread.is_alive():
-            return
-        self._stopping = False
+        """Start the loop thread and return at once; again after stop() or a death. RuntimeError if running."""
+        if self._loop_thread.running:
+            raise RuntimeError(f"the {self.name} worker is already running")
+        self._stopping = self._restart_requested = False
         self._deadline = float("inf")
+        # Fresh loop-side state for every run (asyncio primitives bind to a loop on first use).
+        self._wake = asyncio.Event()
+        self._tasks, self._tails, self._typing = set(), {}, {}
         self._set_health("starting", "starting")
-        self._thread = threading.Thread(target=self._thread_main, name=f"platform-{self.name}", daemon=True)
-        self._thread.start()
+        self._loop_thread.start(self._main)
 
     def apply(self, config: AgentConfig) -> None:
         new = config.platform(self.name)
@@ -107,52 +173,31 @@ class PlatformWorker(abc.ABC):
             self._wake_up()
 
     def health(self) -> WorkerHealth:
-        thread = self._thread
-        if thread is not None and not thread.is_alive() and not self._stopping:
-            return WorkerHealth("error", "worker thread died", alive=False)
+        if self._loop_thread.state is LoopState.DIED:
+            return WorkerHealth("error", f"worker thread died ({self._loop_thread.death_detail()})",
+                                alive=False, extra=self._health.extra)
         return self._health
 
     def stop(self, deadline: float) -> None:
-        self._stopping = True
         self._deadline = deadline
-        self._wake_up()
-        thread = self._thread
-        if thread is not None:
-            thread.join(max(0.0, deadline - time.monotonic()))
-            if thread.is_alive():
-                self.log.warning("%s worker did not stop before the deadline; abandoning it", self.name)
-                return
+        if not self._loop_thread.stop(deadline):
+            self.log.warning("%s worker did not stop before the deadline; abandoning it", self.name)
         self._set_health("stopped", "stopped")
 
     # --------------------------------------------------------------------------------------------
-    # The worker thread.
+    # The worker loop.
 
-    def _thread_main(self) -> None:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        try:
-            loop.run_until_complete(self._main())
-        except Exception:
-            self.log.exception("%s worker crashed", self.name)
-            raise
-        finally:
-            pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
-            for task in pending:
-                task.cancel()
-            if pending:
-                with contextlib.suppress(Exception):
-                    loop.run_until_complete(asyncio.wait(pending, timeout=0.2))
-            self._loop = None
-            loop.close()
+    def _request_stop(self, deadline: float) -> None:
+        """LoopThread's stop hook (on the loop): leave the session and the main loop."""
+        self._stopping = True
+        self._deadline = deadline
+        self._wake.set()
 
     def _wake_up(self) -> None:
-        loop, wake = self._loop, self._wake
-        if loop is not None and wake is not None:
-            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-                loop.call_soon_threadsafe(wake.set)
+        with contextlib.suppress(LoopNotRunning):
+            self._loop_thread.call_soon(self._wake.set)
 
     async def _wait_wake(self, timeout: float | None) -> None:
-        assert self._wake is not None
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout)
         self._wake.clear()
@@ -161,7 +206,6 @@ class PlatformWorker(abc.ABC):
         return self._stopping or self._restart_requested
 
     async def _main(self) -> None:
-        self._wake = asyncio.Event()
         attempt = 0
         while not self._stopping:
             config = self._config
@@ -202,6 +246,8 @@ class PlatformWorker(abc.ABC):
 
     def _set_health(self, state: HealthState, detail: str, **extra: Any) -> None:
         extra.setdefault("sessions", self.sessions_started)
+        extra.setdefault("refusals_answered", self._refusals.answered)
+        extra.setdefault("refusals_silenced", self._refusals.silenced)
         self._health = WorkerHealth(state, detail, alive=True, extra=extra)
 
     def _time_left(self, floor: float = 0.05) -> float:
@@ -250,6 +296,7 @@ class PlatformWorker(abc.ABC):
         if tasks:
             await asyncio.wait(tasks, timeout=0.2)
         self._tails.clear()
+        self._typing.clear()
 
     def handle_message(self, key: ConversationKey, text: str, command: Command | None,
                        responder: Responder) -> None:
@@ -265,15 +312,54 @@ class PlatformWorker(abc.ABC):
             self.log.error("%s: could not submit a turn for %s: %s", self.name, key, _describe(exc))
             future = concurrent.futures.Future()
             future.set_result(Reply(text="Sorry, I could not take this message right now.", error=str(exc)))
+        refusal = _refusal(future)
+        if refusal is not None:
+            self._on_refused(key, refusal, responder)
+            return
+        silenced = self._refusals.accepted(key) if key not in self._typing else 0  # drained: episode over
+        if silenced:
+            self.log.info("%s: %s accepts messages again; %d refused messages were not answered",
+                          self.name, key, silenced)
         previous = self._tails.get(key)
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._tails[key] = done
+        self._typing_begin(key, responder)
         self._spawn(self._finish_turn(key, future, responder, previous, done))
+
+    def _on_refused(self, key: ConversationKey, reply: Reply, responder: Responder) -> None:
+        """The runner refused a message (queue full): answer the first refusal of the episode only."""
+        if self._refusals.refused(key):
+            self.log.warning("%s: %s has too many messages waiting; refusing (one reply per %.0f s)",
+                             self.name, key, self._refusals.quiet)
+            self._spawn(self.send_text(responder, reply.text))
+        elif self._refusals.silenced_in(key) == 1:
+            self.log.warning("%s: %s is still full; further refused messages are counted, not answered",
+                             self.name, key)
+
+    def _typing_begin(self, key: ConversationKey, responder: Responder) -> None:
+        """One more pending turn in `key`: start its typing loop unless one already runs."""
+        typing = self._typing.get(key)
+        if typing is not None and not typing.task.done():
+            typing.turns += 1
+            return
+        task = asyncio.get_running_loop().create_task(self._keep_typing(responder))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        self._typing[key] = _Typing(task, typing.turns + 1 if typing is not None else 1)
+
+    def _typing_end(self, key: ConversationKey) -> None:
+        """A turn of `key` is answered: stop its typing loop when it was the last one pending."""
+        typing = self._typing.get(key)
+        if typing is None:
+            return
+        typing.turns -= 1
+        if typing.turns <= 0:
+            typing.task.cancel()
+            del self._typing[key]
 
     async def _finish_turn(self, key: ConversationKey, future: concurrent.futures.Future[Reply],
                            responder: Responder, previous: asyncio.Future[None] | None,
                            done: asyncio.Future[None]) -> None:
-        typing = asyncio.get_running_loop().create_task(self._keep_typing(responder))
         try:
             try:
                 reply = await asyncio.wrap_future(future)
@@ -287,7 +373,7 @@ class PlatformWorker(abc.ABC):
                 await asyncio.shield(previous)
             await self.send_text(responder, text)
         finally:
-            typing.cancel()
+            self._typing_end(key)
             if not done.done():
                 done.set_result(None)
             if self._tails.get(key) is done:
@@ -338,6 +424,14 @@ class PlatformWorker(abc.ABC):
                                              RELOAD_TIMEOUT)
             return format_reload(changes)
         raise ValueError(f"unknown command /{command.name}")
+
+
+def _refusal(future: concurrent.futures.Future[Reply]) -> Reply | None:
+    """The runner's reply when it refused the message at once because the conversation is full."""
+    if not future.done() or future.cancelled() or future.exception() is not None:
+        return None
+    reply = future.result()
+    return reply if reply.error == "queue_full" else None
 
 
 def _describe(exc: BaseException) -> str:

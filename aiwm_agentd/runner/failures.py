@@ -21,6 +21,9 @@ def timeout(seconds: float) -> Failure:
 INTERRUPTED = Failure("interrupted", "Stopped.")
 SHUTTING_DOWN = Failure("shutting_down", "Sorry, I am restarting right now. Please send that again in a minute.")
 NOT_RUNNING = Failure("not_running", "Sorry, the assistant is not running right now.")
+# Refused at once (never queued, never a paid turn): the conversation already holds claude.queue_limit messages.
+QUEUE_FULL = Failure("queue_full", "Sorry, too many messages are already waiting in this conversation, so I "
+                                   "skipped this one. Please send it again once I have answered the others.")
 NO_CREDENTIALS = Failure("no_credentials", "Sorry, I cannot answer: no valid Claude credentials are "
                                            "configured on this agent. Please tell its administrator.")
 UNREACHABLE = Failure("unreachable", "Sorry, I cannot reach the Claude API right now. Please try again later.")

@@ -5,8 +5,15 @@ one worker task that owns its kept-warm `ClaudeSDKClient` (the SDK requires a cl
 connected it), so follow-up turns skip the CLI cold start. The worker closes its client after `idle_timeout`,
 or early when the `max_clients` cap needs room for another conversation. A global cap bounds concurrent turns.
 
+The thread and its loop are a `LoopThread`: `start()` returns at once (messages submitted before the loop is
+up are queued, not lost), and the runner can be started again after `stop()` or after its loop died. Every
+accepted message is tracked until it is answered, so whatever way a run ends, nobody waits forever.
+
+Each conversation holds at most `claude.queue_limit` messages (waiting or running); more are refused at once
+with the `queue_full` reply, so a storm of messages cannot become an unbounded queue of paid turns.
+
 All state below `_loop_*` is touched only on the loop thread; `submit()` and friends hand work over with
-`call_soon_threadsafe`. The counters read by `busy` / `queue_depth()` / `health()` are guarded by `_lock`.
+`LoopThread.call_soon`. The counters read by `busy` / `queue_depth()` / `health()` are guarded by `_lock`.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiwm_agentd import logs
 from aiwm_agentd.config import AgentConfig
+from aiwm_agentd.loopthread import LoopNotRunning, LoopState, LoopThread
 from aiwm_agentd.runner import failures
 from aiwm_agentd.runner.failures import Failure
 from aiwm_agentd.runner.options import (
@@ -47,7 +55,7 @@ log = logging.getLogger("aiwm_agentd.runner")
 _CLOSE_RESERVE = 2.0
 
 
-@dataclass
+@dataclass(eq=False)
 class _Item:
     key: ConversationKey
     text: str
@@ -84,15 +92,17 @@ class ClaudeRunner:
         self._generation = 0
         self._lock = threading.Lock()
         self._pending: dict[ConversationKey, int] = {}
+        self._outstanding: set[_Item] = set()  # accepted, not answered yet
+        self._refused = 0
+        self._refusing: dict[ConversationKey, int] = {}  # refusals per conversation until it drains
         self._running_turns = 0
         self._live_clients = 0
         self._child_pids: set[int] = set()
         self._state = "starting"
         self._detail = ""
         self._closing = False
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._ready = threading.Event()
+        self._loop_thread = LoopThread("claude-runner", request_stop=self._loop_begin_stop,
+                                       on_exit=self._after_loop)
         self._stop_deadline: float | None = None
         self._paths = RunnerPaths.for_state_dir(config.state_dir)
         self._sessions: SessionStore | None = None
@@ -108,13 +118,23 @@ class ClaudeRunner:
     # ---------------------------------------------------------------------------------- Worker
 
     def start(self) -> None:
-        if self._thread is not None:
-            return
+        """Start the loop thread and return at once; again after stop() or a death. RuntimeError if running."""
+        if self._loop_thread.running:
+            raise RuntimeError("the Claude runner is already running")
         self._paths.create()
         self._sessions = SessionStore(self._paths.sessions_dir)
-        self._thread = threading.Thread(target=self._run_thread, name="claude-runner", daemon=True)
-        self._thread.start()
-        self._ready.wait(timeout=30)
+        with self._lock:
+            self._closing = False
+            self._state, self._detail = "starting", ""
+            self._running_turns = self._live_clients = 0
+        self._stop_deadline = None
+        # Fresh loop-thread state for every run (asyncio primitives bind to a loop on first use).
+        self._loop_conversations = {}
+        self._loop_changed = asyncio.Condition()
+        self._loop_stopped = asyncio.Event()
+        self._loop_turns = 0
+        self._loop_background = set()
+        self._loop_thread.start(self._loop_main)
 
     def apply(self, config: AgentConfig) -> None:
         with self._lock:
@@ -123,79 +143,84 @@ class ClaudeRunner:
             if (old.claude, old.instruction) != (config.claude, config.instruction):
                 self._generation += 1
         self._warn_config(config, old)
-        loop = self._loop
-        if loop is not None and not loop.is_closed():
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(self._loop_notify)
+        with contextlib.suppress(LoopNotRunning):
+            self._loop_thread.call_soon(self._loop_notify)
 
     def health(self) -> WorkerHealth:
-        thread = self._thread
-        alive = thread is not None and thread.is_alive()
         with self._lock:
             extra: dict[str, Any] = {
                 "pending": sum(self._pending.values()),
                 "conversations": sum(1 for n in self._pending.values() if n),
                 "running_turns": self._running_turns,
                 "clients": self._live_clients,
+                "refused": self._refused,
+                "refusing_conversations": len(self._refusing),
+                "queue_limit": self._config.claude.queue_limit,
             }
             state, detail = self._state, self._detail
-        if thread is not None and not alive and state != "stopped":
-            return WorkerHealth("error", "runner thread died", alive=False, extra=extra)
+        if self._loop_thread.state is LoopState.DIED:
+            return WorkerHealth("error", f"runner thread died ({self._loop_thread.death_detail()})",
+                                alive=False, extra=extra)
         return WorkerHealth(state, detail, alive=True, extra=extra)  # type: ignore[arg-type]
 
     def stop(self, deadline: float) -> None:
         with self._lock:
             self._closing = True
-        loop, thread = self._loop, self._thread
-        if loop is not None and thread is not None and thread.is_alive():
-            self._stop_deadline = deadline
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(self._loop_begin_stop, deadline)
-            thread.join(timeout=max(0.1, deadline - time.monotonic()))
+        self._stop_deadline = deadline
+        self._loop_thread.stop(deadline)
         self._kill_leftover_children()
+        # Only left when the loop thread had to be abandoned; otherwise _after_loop answered everything.
+        self._answer_outstanding(failures.SHUTTING_DOWN)
         with self._lock:
             self._state = "stopped"
 
     # ---------------------------------------------------------------------------------- Runner
 
     def submit(self, conversation: ConversationKey, text: str) -> concurrent.futures.Future[Reply]:
+        """Queue a message; the future resolves to its Reply. Never raises, never leaves the future hanging:
+        refused (queue_full), shutting_down and not_running are replies too, resolved at once."""
         future: concurrent.futures.Future[Reply] = concurrent.futures.Future()
-        loop = self._loop
-        with self._lock:
-            closing = self._closing
-        if closing:
-            future.set_result(_failure_reply(failures.SHUTTING_DOWN))
-            return future
-        if loop is None or loop.is_closed():
-            future.set_result(_failure_reply(failures.NOT_RUNNING))
-            return future
-        with self._lock:
-            self._pending[conversation] = self._pending.get(conversation, 0) + 1
         item = _Item(conversation, text, future)
+        with self._lock:
+            refusal = self._admit(item)
+        if refusal is not None:
+            future.set_result(_failure_reply(refusal))
+            return future
         try:
-            loop.call_soon_threadsafe(self._loop_enqueue, conversation, item)
-        except RuntimeError:  # the loop closed in between
+            self._loop_thread.call_soon(self._loop_enqueue, conversation, item)
+        except LoopNotRunning:
             self._finish(item, _failure_reply(failures.NOT_RUNNING))
         return future
+
+    def _admit(self, item: _Item) -> Failure | None:
+        """Under `_lock`: count `item` as accepted, or say why it is refused."""
+        if self._closing:
+            return failures.SHUTTING_DOWN
+        key, limit = item.key, self._config.claude.queue_limit
+        if self._pending.get(key, 0) >= limit:
+            self._refused += 1
+            refused = self._refusing.get(key, 0)
+            if not refused:
+                log.warning("[%s] %d messages already waiting or running; refusing more until it drains",
+                            key, limit)
+            self._refusing[key] = refused + 1
+            return failures.QUEUE_FULL
+        self._pending[key] = self._pending.get(key, 0) + 1
+        self._outstanding.add(item)
+        return None
 
     def reset(self, conversation: ConversationKey) -> None:
         """Forget the conversation's session: the next message starts a new one (/new)."""
         if self._sessions is not None:
             self._sessions.delete(str(conversation))
-        loop = self._loop
-        if loop is not None and not loop.is_closed():
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(self._loop_reset, conversation)
+        with contextlib.suppress(LoopNotRunning):
+            self._loop_thread.call_soon(self._loop_reset, conversation)
 
     def interrupt(self, conversation: ConversationKey) -> bool:
         """Stop the turn running for this conversation (/stop); queued messages are still answered."""
-        loop = self._loop
-        if loop is None or loop.is_closed():
-            return False
         try:
-            result = asyncio.run_coroutine_threadsafe(self._loop_interrupt(conversation), loop)
-            return result.result(timeout=10)
-        except (RuntimeError, concurrent.futures.TimeoutError):
+            return self._loop_thread.submit(self._loop_interrupt(conversation)).result(timeout=10)
+        except (LoopNotRunning, concurrent.futures.TimeoutError):
             return False
 
     def queue_depth(self, conversation: ConversationKey | None = None) -> int:
@@ -212,26 +237,8 @@ class ClaudeRunner:
 
     # ---------------------------------------------------------------------------------- thread
 
-    def _run_thread(self) -> None:
-        loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(loop)
-        self._loop = loop
-        try:
-            loop.run_until_complete(self._loop_main())
-        except Exception:
-            log.exception("claude runner loop crashed")
-            with self._lock:
-                self._state, self._detail = "error", "runner loop crashed"
-        finally:
-            self._fail_everything_left()
-            with contextlib.suppress(Exception):
-                loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.close()
-
     async def _loop_main(self) -> None:
-        self._loop_changed = asyncio.Condition()
-        self._loop_stopped = asyncio.Event()
-        self._ready.set()  # submit() may queue from now on; the import below only delays the first turn
+        assert self._loop_stopped is not None
         try:
             import claude_agent_sdk  # noqa: F401  (lazy: ~70 MiB; only when a runner exists)
         except ImportError as exc:
@@ -244,15 +251,42 @@ class ClaudeRunner:
         await self._loop_finish()
 
     def _finish(self, item: _Item, reply: Reply | None) -> None:
-        """Count the message as answered, then hand over the reply (None: the caller cancelled it)."""
+        """Count the message as answered, then hand over the reply (None: the caller cancelled it).
+
+        Idempotent: the first answer wins (the loop and a sweep after its end may both try)."""
+        refused = 0
         with self._lock:
+            if item not in self._outstanding:
+                return
+            self._outstanding.discard(item)
             left = self._pending.get(item.key, 0) - 1
             if left > 0:
                 self._pending[item.key] = left
             else:
                 self._pending.pop(item.key, None)
+                refused = self._refusing.pop(item.key, 0)
+        if refused:
+            log.info("[%s] drained; %d messages were refused meanwhile", item.key, refused)
         if reply is not None:
-            item.future.set_result(reply)
+            with contextlib.suppress(concurrent.futures.InvalidStateError):  # cancelled by the caller
+                item.future.set_result(reply)
+
+    def _answer_outstanding(self, failure: Failure) -> None:
+        """Answer every accepted message that no loop will answer any more."""
+        with self._lock:
+            items = list(self._outstanding)
+        for item in items:
+            self._finish(item, _failure_reply(failure))
+
+    def _after_loop(self) -> None:
+        """On the loop thread once its loop is closed, however the run ended (stop or death)."""
+        with self._lock:
+            closing = self._closing
+        self._answer_outstanding(failures.SHUTTING_DOWN if closing else failures.NOT_RUNNING)
+        if not closing:  # died: its clients' CLI processes lost their parent side
+            self._kill_leftover_children()
+            with self._lock:
+                self._running_turns = self._live_clients = 0
 
     def _loop_notify(self) -> None:
         changed = self._loop_changed
@@ -583,6 +617,8 @@ class ClaudeRunner:
     # ---------------------------------------------------------------------------------- shutdown
 
     def _loop_begin_stop(self, deadline: float) -> None:
+        """LoopThread's stop hook: answer what waits, bound running turns by `deadline`, end the main task."""
+        self._stop_deadline = deadline
         stopping = self._loop_stopped
         if stopping is None or stopping.is_set():
             return
@@ -604,10 +640,6 @@ class ClaudeRunner:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending, timeout=3)
-
-    def _fail_everything_left(self) -> None:
-        for conv in list(self._loop_conversations.values()):
-            self._fail_queued(conv)
 
     def _fail_queued(self, conv: _Conversation) -> None:
         """Answer every message still waiting in `conv` with the shutting-down reply."""

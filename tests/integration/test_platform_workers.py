@@ -16,6 +16,7 @@ import pytest
 from aiwm_agentd import logs
 from aiwm_agentd.config import AgentConfig, build_agent_config, load_daemon_settings
 from aiwm_agentd.platforms import DiscordWorker, TelegramWorker, build_platform_workers
+from aiwm_agentd.runner.failures import QUEUE_FULL
 from aiwm_agentd.workers import ConversationKey, Reply
 from tests.fakes.discord import BOT_ID, CHANNEL_ID, OTHER_CHANNEL_ID, FakeDiscord
 from tests.fakes.telegram import FakeTelegram
@@ -28,28 +29,51 @@ OTHER_GROUP = -1002
 
 
 class FakeRunner:
-    """The Runner protocol: answers `answer(text)` after `delay`, one turn at a time, in submit order."""
+    """The Runner protocol: answers `answer(text)` after `delay`, one turn at a time, in submit order.
+
+    `limit` > 0 refuses (queue_full, like ClaudeRunner) while that many messages are pending;
+    `die_next` makes the next submit raise SystemExit inside the worker's loop (kills it)."""
 
     def __init__(self) -> None:
         self.answer: Callable[[str], str] = lambda text: f"echo: {text}"
         self.delay = 0.0
+        self.limit = 0
+        self.die_next = False
+        self.refused = 0
         self.submits: list[tuple[ConversationKey, str]] = []
         self.resets: list[ConversationKey] = []
         self.interrupts: list[ConversationKey] = []
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+        self._lock = threading.Lock()
+        self._pending = 0
 
     def submit(self, conversation: ConversationKey, text: str) -> concurrent.futures.Future[Reply]:
+        if self.die_next:
+            self.die_next = False
+            raise SystemExit("killed inside the worker's loop")
+        future: concurrent.futures.Future[Reply] = concurrent.futures.Future()
+        with self._lock:
+            if self.limit and self._pending >= self.limit:
+                self.refused += 1
+                future.set_result(Reply(text=QUEUE_FULL.text, error=QUEUE_FULL.code))
+                return future
+            self._pending += 1
         self.submits.append((conversation, text))
         if not self.delay:
-            future: concurrent.futures.Future[Reply] = concurrent.futures.Future()
+            self._done()
             future.set_result(Reply(text=self.answer(text)))
             return future
 
         def turn() -> Reply:
             time.sleep(self.delay)
+            self._done()
             return Reply(text=self.answer(text))
 
         return self._pool.submit(turn)
+
+    def _done(self) -> None:
+        with self._lock:
+            self._pending -= 1
 
     def reset(self, conversation: ConversationKey) -> None:
         self.resets.append(conversation)
@@ -397,3 +421,110 @@ def test_rejected_discord_token_and_missing_intent_are_configuration_errors(capt
         dc.stop()
         wrong.stop()
     assert DISCORD_TOKEN not in captured_log.getvalue()
+
+
+# ------------------------------------------------------------------------------------------------------
+# Lifecycle: a killed loop, restarts, misuse
+
+
+@pytest.mark.parametrize("platform", ["telegram", "discord"])
+def test_a_killed_loop_shows_dead_then_stop_and_start_answer_again(rig: Rig, platform: str) -> None:
+    worker = rig.telegram if platform == "telegram" else rig.discord
+
+    def inject(text: str) -> None:
+        if platform == "telegram":
+            rig.tg.inject_message(GROUP, f"@aiwm_test_bot {text}")
+        else:
+            rig.dc.inject_message(CHANNEL_ID, text, mention_bot=True)
+
+    def answers() -> list[str]:
+        return telegram_texts(rig) if platform == "telegram" else [m["content"] for m in rig.dc.sent]
+
+    rig.runner.die_next = True
+    inject("this one kills the loop")
+    wait_until(lambda: not worker.health().alive, what=f"{platform} reported dead")
+    health = worker.health()
+    assert health.state == "error" and "worker thread died (SystemExit" in health.detail
+    worker.stop(time.monotonic() + 2)
+    assert not worker.health().alive  # stop() does not hide the death; start() clears it
+    worker.start()
+    wait_until(lambda: worker.health().state == "ok", 15, what=f"{platform} ok after restart")
+    assert worker.health().alive and worker.sessions_started == 2
+    inject("are you back?")
+    wait_until(lambda: "echo: are you back?" in answers(), 15, what="an answer after the restart")
+
+
+def test_start_while_running_raises_and_start_after_stop_works(rig: Rig) -> None:
+    with pytest.raises(RuntimeError, match="already running"):
+        rig.telegram.start()
+    rig.telegram.stop(time.monotonic() + 2)
+    assert rig.telegram.health().state == "stopped" and rig.telegram.health().alive
+    rig.telegram.start()
+    wait_until(lambda: rig.telegram.health().state == "ok", what="telegram ok after a restart")
+    rig.tg.inject_message(GROUP, "@aiwm_test_bot again")
+    assert rig.tg.wait_for_sent(1)[0]["text"] == "echo: again"
+
+
+# ------------------------------------------------------------------------------------------------------
+# Storms: one typing loop per conversation, one refusal reply per overflow episode
+
+
+def test_queued_messages_share_one_typing_loop_per_conversation(rig: Rig) -> None:
+    rig.runner.delay = 0.15
+    count = 8
+    began = time.monotonic()
+    for n in range(count):
+        rig.tg.inject_message(GROUP, f"@aiwm_test_bot queued {n}")
+        rig.dc.inject_message(CHANNEL_ID, f"queued {n}", mention_bot=True)
+    rig.tg.wait_for_sent(count, timeout=20)
+    rig.dc.wait_for_sent(count, timeout=20)
+    elapsed = time.monotonic() - began
+    # One loop per conversation sends about elapsed / interval; one loop per queued message sent ~5x that.
+    ceiling = elapsed / rig.telegram.typing_interval + 3
+    telegram_typing = sum(1 for a in rig.tg.actions if a["action"] == "typing")
+    discord_typing = rig.dc.typing.count(CHANNEL_ID)
+    assert telegram_typing <= ceiling, (telegram_typing, elapsed)
+    assert discord_typing <= ceiling, (discord_typing, elapsed)
+    assert telegram_typing >= 2 and discord_typing >= 2  # and it does keep typing while the queue drains
+    assert telegram_texts(rig) == [f"echo: queued {n}" for n in range(count)]
+    settled = len(rig.tg.actions)
+    time.sleep(3 * rig.telegram.typing_interval)
+    assert len(rig.tg.actions) == settled  # stopped with the last answer
+
+
+def test_a_storm_into_a_full_conversation_gets_one_refusal_reply(rig: Rig) -> None:
+    rig.runner.delay, rig.runner.limit = 0.3, 2
+    storm = 12
+    for n in range(storm):
+        rig.tg.inject_message(GROUP, f"@aiwm_test_bot storm {n}")
+    wait_until(lambda: rig.runner.refused == storm - 2, what="the runner refused the rest")
+    rig.tg.wait_for_sent(3)
+    time.sleep(0.3)
+    texts = telegram_texts(rig)
+    assert texts.count(QUEUE_FULL.text) == 1
+    assert [t for t in texts if t != QUEUE_FULL.text] == ["echo: storm 0", "echo: storm 1"]
+    extra = rig.telegram.health().extra
+    assert (extra["refusals_answered"], extra["refusals_silenced"]) == (1, storm - 3)
+    rig.tg.inject_message(GROUP, "@aiwm_test_bot after the storm")  # accepted: the episode is over
+    wait_until(lambda: "echo: after the storm" in telegram_texts(rig), what="answer after the storm")
+    rig.runner.delay = 1.0
+    for n in range(4):  # a new episode gets its own (single) refusal
+        rig.tg.inject_message(GROUP, f"@aiwm_test_bot second storm {n}")
+    wait_until(lambda: telegram_texts(rig).count(QUEUE_FULL.text) == 2, what="a second episode's refusal")
+    time.sleep(0.2)
+    assert telegram_texts(rig).count(QUEUE_FULL.text) == 2
+
+
+def test_a_message_let_in_while_the_queue_drains_does_not_restart_the_refusals(rig: Rig) -> None:
+    rig.runner.delay, rig.runner.limit = 0.4, 2
+    for n in range(5):  # 2 accepted, 3 refused: one refusal reply
+        rig.tg.inject_message(GROUP, f"@aiwm_test_bot first {n}")
+    wait_until(lambda: "echo: first 0" in telegram_texts(rig), what="the first answer (one slot free)")
+    rig.tg.inject_message(GROUP, "@aiwm_test_bot slips in")  # accepted, but the conversation is still busy
+    wait_until(lambda: len(rig.runner.submits) == 3, what="the third message accepted")
+    for n in range(3):
+        rig.tg.inject_message(GROUP, f"@aiwm_test_bot refused again {n}")
+    wait_until(lambda: rig.runner.refused >= 4, what="refused again")
+    wait_until(lambda: "echo: slips in" in telegram_texts(rig), what="all answers")
+    assert telegram_texts(rig).count(QUEUE_FULL.text) == 1
+    assert rig.telegram.health().extra["refusals_silenced"] == rig.runner.refused - 1

@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -180,3 +181,50 @@ def test_child_environment_and_logs_hold_no_secret(fake: FakeAnthropic, tmp_path
     assert "No conversation found" in caplog.text  # the CLI's stderr was captured into our log
     for value in (*secrets.values(), api_key):
         assert value not in caplog.text
+
+
+def test_a_killed_runner_loop_is_reported_then_restarted_and_answers(fake: FakeAnthropic, tmp_path: Path) -> None:
+    from claude_agent_sdk import ClaudeSDKClient
+
+    kills = [SystemExit("killed inside the runner's loop")]
+
+    def factory(options: Any) -> Any:
+        if kills:
+            raise kills.pop()
+        return ClaudeSDKClient(options)
+
+    h = RunnerHarness(tmp_path, fake.url)
+    h.runner.client_factory = factory
+    try:
+        assert h.ask("this kills the loop").error == "crashed"
+        end = time.monotonic() + 5
+        while h.runner.health().alive and time.monotonic() < end:
+            time.sleep(0.01)
+        health = h.runner.health()
+        assert not health.alive and "runner thread died (SystemExit" in health.detail
+        late = h.runner.submit(KEY, "to a dead runner")
+        assert late.done() and late.result().error == "not_running"  # at once, never hangs
+        h.runner.stop(time.monotonic() + 5)
+        h.runner.start()
+        reply = h.ask("are you back?")
+        assert h.runner.health().alive
+    finally:
+        h.close()
+    assert reply.error == "" and reply.text == "echo: are you back?"
+    assert [r.last_user_text for r in fake.message_requests()] == ["are you back?"]
+
+
+def test_a_full_conversation_refuses_without_a_turn(fake: FakeAnthropic, tmp_path: Path) -> None:
+    fake.set_reply("slow answer", delay=1.5)
+    h = RunnerHarness(tmp_path, fake.url, queue_limit=2)
+    try:
+        futures = [h.runner.submit(KEY, f"message {n}") for n in range(6)]
+        refused = futures[2:]
+        assert all(f.done() and f.result().error == "queue_full" for f in refused)
+        assert "too many messages" in refused[0].result().text
+        answered = [f.result(60) for f in futures[:2]]
+        assert h.runner.health().extra["refused"] == 4
+    finally:
+        h.close()
+    assert [(r.error, r.text) for r in answered] == [("", "slow answer")] * 2
+    assert len(fake.message_requests()) == 2  # refused messages never became paid turns

@@ -14,7 +14,7 @@ import pytest
 from claude_agent_sdk import AssistantMessage, ResultMessage, SystemMessage, TextBlock
 
 from aiwm_agentd.runner import ClaudeRunner
-from aiwm_agentd.runner.failures import FRESH_SESSION_NOTE
+from aiwm_agentd.runner.failures import FRESH_SESSION_NOTE, QUEUE_FULL
 from aiwm_agentd.workers import ConversationKey
 from tests.fakes.anthropic import agent_config
 
@@ -33,6 +33,7 @@ class StubWorld:
         self.connects: list[str | None] = []  # the resume id of each connect
         self.known_sessions: set[str] = set()
         self.fail_next_turn = False
+        self.die_on_connect = False  # the next connect raises SystemExit: kills the runner's loop
         self.log: list[tuple[str, str]] = []  # (conversation session, text) in the order turns started
 
 
@@ -47,6 +48,9 @@ class StubClient:
 
     async def connect(self) -> None:
         world = self.world
+        if world.die_on_connect:
+            world.die_on_connect = False
+            raise SystemExit("killed inside the runner's loop")
         world.connects.append(self.options.resume)
         if self.options.resume is not None and self.options.resume not in world.known_sessions:
             raise RuntimeError(f"No conversation found with session ID: {self.options.resume}")
@@ -261,3 +265,104 @@ def test_reset_during_a_turn_starts_the_next_message_fresh(make_runner: Any, wor
     world.delay = 0.0
     after = runner.submit(key, "two").result(5)
     assert after.session_id == "sid-2" and world.connects == [None, None]
+
+
+def wait_until(predicate: Any, timeout: float = 5.0) -> None:
+    end = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < end, "timed out"
+        time.sleep(0.01)
+
+
+def test_a_full_conversation_refuses_at_once_and_accepts_again_once_drained(
+        make_runner: Any, world: StubWorld) -> None:
+    world.delay = 0.3
+    runner = make_runner(queue_limit=3)
+    key, other = ConversationKey("t", "storm"), ConversationKey("t", "calm")
+    futures = [runner.submit(key, f"m{n}") for n in range(10)]
+    refused = futures[3:]
+    assert all(f.done() for f in refused)  # resolved at once, never queued
+    assert {(f.result().error, f.result().text) for f in refused} == {("queue_full", QUEUE_FULL.text)}
+    assert runner.queue_depth(key) == 3
+    assert runner.submit(other, "elsewhere").result(5).text == "re: elsewhere"  # the limit is per conversation
+    extra = runner.health().extra
+    assert (extra["refused"], extra["refusing_conversations"], extra["queue_limit"]) == (7, 1, 3)
+    assert [f.result(5).text for f in futures[:3]] == ["re: m0", "re: m1", "re: m2"]
+    world.delay = 0.0
+    assert runner.submit(key, "after the storm").result(5).text == "re: after the storm"
+    assert runner.health().extra["refusing_conversations"] == 0
+    assert sum(1 for _session, text in world.log if text.startswith("m")) == 3  # 3 paid turns, not 10
+
+
+def test_start_returns_at_once_and_a_message_submitted_right_away_is_answered(
+        world: StubWorld, tmp_path: Path) -> None:
+    runner = ClaudeRunner(agent_config(tmp_path, "http://127.0.0.1:9"))
+    runner.client_factory = type("BoundStub", (StubClient,), {"world": world})
+    began = time.monotonic()
+    runner.start()
+    future = runner.submit(ConversationKey("t", "1"), "right away")
+    took = time.monotonic() - began
+    try:
+        assert future.result(10).text == "re: right away"
+        assert took < 0.5, f"start() + submit() blocked for {took:.2f} s"
+    finally:
+        runner.stop(time.monotonic() + 5)
+
+
+def test_start_while_running_is_a_loud_misuse(make_runner: Any) -> None:
+    runner = make_runner()
+    with pytest.raises(RuntimeError, match="already running"):
+        runner.start()
+
+
+def test_started_again_after_stop(make_runner: Any, world: StubWorld) -> None:
+    runner = make_runner()
+    key = ConversationKey("t", "1")
+    assert runner.submit(key, "one").result(5).text == "re: one"
+    runner.stop(time.monotonic() + 5)
+    assert runner.health().state == "stopped" and runner.submit(key, "x").result(1).error == "shutting_down"
+    runner.start()
+    assert runner.submit(key, "two").result(5).text == "re: two"
+    assert runner.health().alive
+
+
+def test_a_killed_loop_is_reported_answers_honestly_and_restarts(make_runner: Any, world: StubWorld) -> None:
+    runner = make_runner()
+    key, other = ConversationKey("t", "1"), ConversationKey("t", "2")
+    world.die_on_connect = True
+    in_flight = runner.submit(key, "kills it")
+    queued = runner.submit(key, "waits behind it")
+    assert in_flight.result(5).error == "crashed"
+    assert queued.result(5).error == "not_running"
+    wait_until(lambda: not runner.health().alive)
+    health = runner.health()
+    assert health.state == "error" and "runner thread died (SystemExit" in health.detail
+    late = runner.submit(other, "to a dead runner")
+    assert late.done() and late.result().error == "not_running"  # never hangs
+    assert not runner.busy and runner.queue_depth() == 0
+    runner.stop(time.monotonic() + 5)
+    runner.start()
+    assert runner.submit(key, "back?").result(5).text == "re: back?"
+    assert runner.health().alive and runner.health().state in ("starting", "ok")
+
+
+# The platform side of a full queue: which refusals are answered (pure logic, injected clock).
+
+
+def test_refusal_gate_answers_once_per_episode_and_again_after_the_quiet_time() -> None:
+    from aiwm_agentd.platforms.base import RefusalGate
+
+    now = [100.0]
+    gate = RefusalGate(quiet=30.0, clock=lambda: now[0])
+    key, other = ConversationKey("t", "1"), ConversationKey("t", "2")
+    assert [gate.refused(key) for _ in range(5)] == [True, False, False, False, False]
+    assert gate.refused(other)  # episodes are per conversation
+    now[0] += 29.9
+    assert not gate.refused(key)
+    now[0] += 0.2  # 30 s after the answered refusal: the user is told again
+    assert gate.refused(key) and gate.silenced_in(key) == 5  # still the same episode (for the log)
+    assert not gate.refused(key)
+    assert gate.accepted(key) == 6  # the queue drained: episode over, six refusals went unanswered
+    assert gate.accepted(key) == 0
+    assert gate.refused(key)  # a new episode starts with an answered refusal
+    assert (gate.answered, gate.silenced) == (4, 6)
