@@ -126,13 +126,21 @@ def jwt_expiry(token: str) -> float | None:
     return _number(_jwt_claims(token).get("exp"))
 
 
-def jwt_lifetime(token: str) -> float | None:
-    """`exp - iat` of a JWT: how long it is valid, whatever the clocks say. None when either is missing."""
+CLOCKS_AGREE = 60.0  # |iat - our clock| under this: the clocks agree, and `exp - now` is trusted too
+
+
+def jwt_lifetime(token: str, now: float) -> float | None:
+    """How long a JWT is valid from now: `exp - iat`, whatever the clocks say, and no more than `exp - now`
+    when our clock agrees with the issuer's (iat is whole seconds: up to a second is already gone). None when
+    `exp` or `iat` is missing."""
     claims = _jwt_claims(token)
     exp, iat = _number(claims.get("exp")), _number(claims.get("iat"))
     if exp is None or iat is None or exp <= iat:
         return None
-    return exp - iat
+    lifetime = exp - iat
+    if abs(iat - now) < CLOCKS_AGREE:
+        lifetime = min(lifetime, max(0.0, exp - now))
+    return lifetime
 
 
 def _str(body: Mapping[str, Any], key: str, default: str = "") -> str:
@@ -242,7 +250,7 @@ def parse_connect_response(body: Any, now: float | None = None) -> ControllerCon
         expires_in = int(expires_in)
     if isinstance(expires_in, (int, float)) and not isinstance(expires_in, bool) and expires_in > 0:
         lifetime = float(expires_in)
-    jwt_life = jwt_lifetime(token) if token else None
+    jwt_life = jwt_lifetime(token, now) if token else None
     if jwt_life is not None and (lifetime is None or jwt_life < lifetime):
         lifetime = jwt_life
     if lifetime is not None:

@@ -166,7 +166,7 @@ def test_sighup_reloads_env_and_reconnects(ctl: FaultyController, daemon: MakeDa
     d.update_env(CLAUDE_MODEL="claude-env-two")
     d.send(signal.SIGHUP)
     wait_for(lambda: d.health()["config"]["model"] == "claude-env-two", 5, what="new model after SIGHUP")
-    assert ctl.connects == connects + 1
+    wait_for(lambda: ctl.connects == connects + 1, 5, what="the reconnect of the reload")
     d.wait_for_log(r"changed: claude\.model: claude-env-one -> claude-env-two")
     assert d.health()["config"]["updates"] == updates + 1  # one reload, one change counted once
     assert d.notify is not None and "RELOADING=1" in d.notify.lines()

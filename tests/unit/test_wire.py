@@ -254,3 +254,33 @@ def test_agent_fields_top_level_beat_agent_object():
     config = parse_connect_response({"accessToken": "t", "id": "top", "name": "Top",
                                      "agent": {"id": "inner", "name": "Inner", "orgId": "org"}})
     assert (config.agent_id, config.agent_name, config.org_id) == ("top", "Top", "org")
+
+
+# -- token lifetime: measured from receipt, robust to a VM clock that is off --------------------------------
+
+
+def test_lifetime_from_expires_in() -> None:
+    assert parse_connect_response({"accessToken": "opaque", "expiresIn": 3600}, now=1000.0).lifetime == 3600
+
+
+def test_lifetime_from_jwt_exp_minus_iat_when_the_clocks_disagree() -> None:
+    # The VM's clock is a day ahead: exp is in the past by our clock, but the token is good for an hour.
+    token = make_jwt({"iat": 1_000_000, "exp": 1_003_600})
+    config = parse_connect_response({"accessToken": token}, now=1_000_000 + 86400)
+    assert config.lifetime == 3600
+
+
+def test_lifetime_trusts_exp_minus_now_when_the_clocks_agree() -> None:
+    # iat is whole seconds: 0.9 s of the token's life is already gone when we receive it.
+    token = make_jwt({"iat": 1000, "exp": 1003})
+    assert parse_connect_response({"accessToken": token}, now=1000.9).lifetime == pytest.approx(2.1)
+
+
+def test_lifetime_is_the_shorter_of_expires_in_and_the_jwt() -> None:
+    token = make_jwt({"iat": 1000, "exp": 1000 + 7200})
+    assert parse_connect_response({"accessToken": token, "expiresIn": 3600}, now=1000).lifetime == 3600
+    assert parse_connect_response({"accessToken": token, "expiresIn": 9000}, now=1000).lifetime == 7200
+
+
+def test_lifetime_unknown_without_expires_in_or_iat() -> None:
+    assert parse_connect_response({"accessToken": make_jwt({"exp": 5000})}, now=1000).lifetime is None
