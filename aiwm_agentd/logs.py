@@ -3,6 +3,10 @@
 Secrets are registered by value (`register_secret`) as soon as they are read from the env file or the
 controller; the `SecretMaskingFilter` then replaces them in every record, together with anything shaped
 like a JWT or a Telegram bot token, so no code path has to remember to mask.
+
+Crash tracebacks go the same way (`install_excepthooks`): Python's default hooks print them straight to
+stderr, unmasked. Lines that say why the daemon cannot run (`print_fatal`) carry journald's "error"
+priority, so `journalctl -p err -u aiwm-agentd` shows them.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ import os
 import re
 import sys
 import threading
+import traceback
+from types import TracebackType
 from typing import TextIO
 
 MASK = "***"
@@ -97,12 +103,76 @@ def parse_level(name: str) -> int:
     return level
 
 
+def stderr_is_journal(stream: TextIO | None = None) -> bool:
+    """Whether `stream` (default stderr) is connected to journald, as sd_journal_stream_fd(3) defines it.
+
+    systemd sets JOURNAL_STREAM="DEVICE:INODE" of the stream it connected; the variable is inherited by every
+    child, so only a matching fstat() of our own stderr proves the "<N>" priority prefixes will be read.
+    """
+    device, _, inode = os.environ.get("JOURNAL_STREAM", "").partition(":")
+    try:
+        expected = (int(device), int(inode))
+        fd = (stream if stream is not None else sys.stderr).fileno()
+        status = os.fstat(fd)
+    except (AttributeError, ValueError, OSError):  # unset/garbled variable, no stderr, a stream without fd
+        return False
+    return (status.st_dev, status.st_ino) == expected
+
+
+def print_fatal(message: str) -> None:
+    """Write why the daemon cannot go on to stderr: masked, at journald priority "err" under systemd."""
+    stream = sys.stderr
+    if stream is None:
+        return
+    lines = mask(message).splitlines() or [""]
+    prefix = f"<{_JOURNAL_PRIORITY[logging.ERROR]}>" if stderr_is_journal(stream) else ""
+    try:
+        stream.write("".join(f"{prefix}{line}\n" for line in lines))
+        stream.flush()
+    except (OSError, ValueError):  # stderr closed or gone: nothing else can be told
+        pass
+
+
+_crash_log = logging.getLogger("aiwm_agentd.crash")
+
+
+def _log_crash(
+    what: str,
+    exc_type: type[BaseException],
+    exc_value: BaseException | None,
+    exc_traceback: TracebackType | None,
+) -> None:
+    # The traceback is rendered and masked here, not left to a handler: without a configured handler
+    # logging's last-resort handler would print it as it is.
+    text = "".join(traceback.format_exception(exc_type, exc_value, exc_traceback)).rstrip("\n")
+    _crash_log.error("%s\n%s", what, mask(text))
+
+
+def _sys_excepthook(
+    exc_type: type[BaseException], exc_value: BaseException, exc_traceback: TracebackType | None
+) -> None:
+    _log_crash("uncaught exception", exc_type, exc_value, exc_traceback)
+
+
+def _threading_excepthook(args: threading.ExceptHookArgs) -> None:
+    if issubclass(args.exc_type, SystemExit):  # silent, as with the default hook
+        return
+    name = args.thread.name if args.thread is not None else "unknown"
+    _log_crash(f"uncaught exception in thread {name}", args.exc_type, args.exc_value, args.exc_traceback)
+
+
+def install_excepthooks() -> None:
+    """Route crash tracebacks of the main thread and of every other thread through the masked logging."""
+    sys.excepthook = _sys_excepthook
+    threading.excepthook = _threading_excepthook
+
+
 def setup_logging(level: int = logging.INFO, stream: TextIO | None = None) -> None:
     """Configure the root logger once: stderr, masked, journald priorities under systemd."""
     stream = stream or sys.stderr
     handler = logging.StreamHandler(stream)
     handler.addFilter(SecretMaskingFilter())
-    if os.environ.get("JOURNAL_STREAM"):
+    if stderr_is_journal(stream):
         handler.setFormatter(JournalPrefixFormatter("%(name)s: %(message)s"))
     else:
         handler.setFormatter(

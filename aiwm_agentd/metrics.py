@@ -1,11 +1,21 @@
-"""Prometheus metrics: the guide's six counters plus gauges, in the daemon's own registry."""
+"""Prometheus metrics: the guide's six counters plus gauges, in the daemon's own registry.
+
+Every counter has a sample from the first scrape: a labelled counter shows nothing until a child exists, so
+the failure counters get one child per failure kind at 0 up front. Otherwise `rate(...)`/`increase(...)`
+alerts see no series until the first failure, and two of the guide's six counters look missing.
+"""
 
 from __future__ import annotations
+
+import typing
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Info, generate_latest
 from prometheus_client.process_collector import ProcessCollector
 
 from aiwm_agentd import __version__
+from aiwm_agentd.controller.client import FailureKind
+
+FAILURE_REASONS: tuple[str, ...] = typing.get_args(FailureKind)
 
 
 class Metrics:
@@ -18,6 +28,9 @@ class Metrics:
                                           ["reason"], registry=r)
         self.heartbeat_success = Counter("aiwm_heartbeat_success", "Successful heartbeats", registry=r)
         self.heartbeat_failure = Counter("aiwm_heartbeat_failure", "Failed heartbeats", ["reason"], registry=r)
+        for reason in FAILURE_REASONS:
+            self.connection_failure.labels(reason)
+            self.heartbeat_failure.labels(reason)
         self.token_refresh = Counter("aiwm_token_refresh", "Token refreshes (reconnects)", registry=r)
         self.config_update = Counter("aiwm_config_update", "Configuration changes applied", registry=r)
         self.connected = Gauge("aiwm_connected", "1 while a controller session is held", registry=r)
