@@ -22,6 +22,7 @@ from aiwm_agentd.config import (
     ConfigError,
     DaemonSettings,
     build_agent_config,
+    format_host_port,
     load_daemon_settings,
     read_env_file,
     read_instruction_file,
@@ -115,7 +116,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "ask":
             return cmd_ask(args)
     except ConfigError as exc:
-        print(f"aiwm-agentd: configuration error: {exc}", file=sys.stderr)
+        from aiwm_agentd.logs import print_fatal  # priority err under journald: `journalctl -p err` shows why
+
+        print_fatal(f"aiwm-agentd: configuration error: {exc}")
         return EX_CONFIG
     except KeyboardInterrupt:
         return 130
@@ -124,10 +127,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from aiwm_agentd.logs import parse_level, setup_logging
+    from aiwm_agentd.logs import install_excepthooks, parse_level, setup_logging
 
     env, settings = _load(args.env_file)
     setup_logging(parse_level(settings.log_level))
+    install_excepthooks()  # a crash in any thread reaches the journal masked, at priority err
     # A watchdog kill (SIGABRT) then leaves every thread's stack in the journal.
     faulthandler.enable()
     log = logging.getLogger("aiwm_agentd")
@@ -257,7 +261,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         if settings is None or settings.health_addr is None:
             addr = "127.0.0.1:9464"
         else:
-            addr = "{}:{}".format(*settings.health_addr)
+            host, port = settings.health_addr
+            host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)  # listen-all: ask locally
+            addr = format_host_port(host, port)
     try:
         response = requests.get(f"http://{addr}/health", timeout=5)
         data = response.json()

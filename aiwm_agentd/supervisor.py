@@ -29,6 +29,7 @@ from aiwm_agentd.config import (
     DaemonSettings,
     build_agent_config,
     describe_changes,
+    format_host_port,
     load_daemon_settings,
     read_env_file,
     read_instruction_file,
@@ -358,7 +359,7 @@ class Supervisor:
                       addr[0], addr[1], exc.strerror or exc)
             return
         self._health.start()
-        log.info("health endpoint on http://%s:%d/health", *self._health.address)
+        log.info("health endpoint on http://%s/health", format_host_port(*self._health.address))
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         if signum == signal.SIGHUP:

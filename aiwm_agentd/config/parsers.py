@@ -124,6 +124,11 @@ def parse_health_addr(value: Any) -> tuple[str, int] | None:
     return host, int(port)
 
 
+def format_host_port(host: str, port: int) -> str:
+    """HOST:PORT for a URL: IPv6 literals in brackets (`[::1]:9464`), the inverse of parse_health_addr."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def parse_log_level(value: Any) -> str:
     text = parse_text(value).upper()
     try:

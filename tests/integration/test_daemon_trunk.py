@@ -137,3 +137,45 @@ def test_reload_with_a_wrong_secret_keeps_the_session_and_its_configuration(ctl:
     assert any("Invalid credentials" in item for item in health["degraded"])
     assert "a-wrong-secret-from-a-typo" not in d.output()
     assert d.stop()[0] == 0
+
+
+def test_a_configuration_error_reaches_the_journal_at_priority_err(tmp_path: Path) -> None:
+    """Under journald (JOURNAL_STREAM names our stderr) the exit-78 line carries `<3>`: `journalctl -p err`
+    shows why the unit failed."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.harness import ROOT, write_env
+
+    env_file = write_env(tmp_path / "agent.env", {"AIWM_ENABLED": "false", "AIWM_HEARTBEAT_INTERVAL": "soon"})
+    err_path = tmp_path / "stderr"
+    with open(err_path, "wb") as err:
+        st = os.fstat(err.fileno())
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("AIWM_", "NOTIFY_SOCKET"))}
+        env["JOURNAL_STREAM"] = f"{st.st_dev}:{st.st_ino}"
+        code = subprocess.run([sys.executable, "-m", "aiwm_agentd", "run", "--env-file", str(env_file)],
+                              stdout=subprocess.DEVNULL, stderr=err, env=env, cwd=ROOT, timeout=30).returncode
+    assert code == 78
+    lines = err_path.read_text().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("<3>aiwm-agentd: configuration error: AIWM_HEARTBEAT_INTERVAL")
+
+
+def test_the_health_endpoint_serves_on_ipv6_loopback(daemon: MakeDaemon) -> None:
+    import socket
+    import urllib.request
+
+    from tests.harness import free_port
+
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback on this machine")
+    port = free_port()
+    d = daemon({"AIWM_ENABLED": "false", "AIWM_HEALTH_ADDR": f"[::1]:{port}"})
+    d.wait_ready()
+    d.wait_for_log(rf"health endpoint on http://\[::1\]:{port}/health")
+    with urllib.request.urlopen(f"http://[::1]:{port}/health", timeout=5) as response:
+        assert response.status == 200
+    assert d.stop()[0] == 0
