@@ -164,6 +164,9 @@ class Daemon:
             self.notify.close()
 
 
+MakeDaemon = Callable[..., Daemon]  # the `daemon` fixture (tests/integration/conftest.py)
+
+
 def controller_env(ctl: Any, **overrides: Any) -> dict[str, Any]:
     """The env lines an agent needs for a (Faulty)DevController, plus fast test intervals."""
     values: dict[str, Any] = {

@@ -97,20 +97,20 @@ def parse_permission_mode(value: Any) -> str:
     return text
 
 
-def parse_http_url(value: Any) -> str:
+def _parse_url(value: Any, schemes: tuple[str, ...], expected: str) -> str:
     text = parse_text(value).rstrip("/")
     parts = urlsplit(text)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError("an http:// or https:// URL")
+    if parts.scheme not in schemes or not parts.hostname:
+        raise ValueError(expected)
     return text
+
+
+def parse_http_url(value: Any) -> str:
+    return _parse_url(value, ("http", "https"), "an http:// or https:// URL")
 
 
 def parse_ws_url(value: Any) -> str:
-    text = parse_text(value).rstrip("/")
-    parts = urlsplit(text)
-    if parts.scheme not in ("ws", "wss") or not parts.hostname:
-        raise ValueError("a ws:// or wss:// URL")
-    return text
+    return _parse_url(value, ("ws", "wss"), "a ws:// or wss:// URL")
 
 
 def parse_health_addr(value: Any) -> tuple[str, int] | None:

@@ -5,37 +5,12 @@ from __future__ import annotations
 import itertools
 import signal
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.fakes.faulty_controller import FaultyController
-from tests.harness import Daemon, controller_env, wait_for
-
-MakeDaemon = Callable[..., Daemon]
-
-
-@pytest.fixture
-def ctl() -> Iterator[FaultyController]:
-    controller = FaultyController(version="v5", bcrypt_rounds=4).start()
-    yield controller
-    controller.stop()
-
-
-@pytest.fixture
-def daemon(tmp_path: Path) -> Iterator[MakeDaemon]:
-    started: list[Daemon] = []
-
-    def make(env: dict[str, Any], **kwargs: Any) -> Daemon:
-        d = Daemon(tmp_path, env, **kwargs)
-        started.append(d)
-        return d
-
-    yield make
-    for d in started:
-        d.close()
+from tests.harness import MakeDaemon, controller_env, wait_for
 
 
 def connects(ctl: FaultyController) -> list[float]:
