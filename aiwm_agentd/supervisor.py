@@ -172,7 +172,9 @@ class Supervisor:
             return
         self.session.startup_expired()
         self._ready = True
-        self._apply(self._build_config(self.session.controller), "configuration")
+        controller = self.session.controller
+        # Without a controller configuration the local one built at start (and validated there) stands.
+        self._apply(self._build_config(controller) if controller else self.config, "configuration")
         self._publish()
         self.notifier.ready(self._last_status)
         log.info("ready: %s", self._last_status)
@@ -207,8 +209,9 @@ class Supervisor:
 
     # -- configuration ---------------------------------------------------------------------------------
 
-    def _build_config(self, controller: ControllerConfig | None) -> AgentConfig:
-        local = read_instruction_file(self.settings.instruction_file) if controller is None else None
+    def _build_config(self, controller: ControllerConfig | None, local: str | None = None) -> AgentConfig:
+        if controller is None and local is None:
+            local = read_instruction_file(self.settings.instruction_file)
         return build_agent_config(self.env, controller, self.settings, local)
 
     def _apply(self, config: AgentConfig, reason: str) -> list[str]:
@@ -264,7 +267,7 @@ class Supervisor:
         elif self.calls.busy:
             self.calls.abandon()
         self.session.reload(session_settings(settings), now, why, identity_changed)
-        self._apply(self._build_config(self.session.controller), f"{why}: configuration reloaded")
+        self._apply(self._build_config(self.session.controller, local), f"{why}: configuration reloaded")
         self._reloading = True
         if not settings.enabled:
             self._finish_reloads()
