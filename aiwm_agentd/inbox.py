@@ -20,6 +20,7 @@ shows it in /health) and the agent keeps answering live messages without durabil
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -256,10 +257,8 @@ class Inbox:
             log.error("inbox %s: %s", self.channel, detail)
         self.degraded = detail
         if self._file is not None:
-            try:
+            with contextlib.suppress(OSError):
                 self._file.close()
-            except OSError:
-                pass
             self._file = None
 
     def _bound_pending(self) -> None:
