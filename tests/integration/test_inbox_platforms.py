@@ -247,3 +247,16 @@ def test_a_full_disk_is_a_visible_degradation_and_messages_are_still_answered(
     tg.wait_for_sent(2)
     wait_until(lambda: worker.health().state == "ok", what="ok again")
     worker.stop(time.monotonic() + 3)
+
+
+def test_a_turn_that_finishes_during_the_stop_is_delivered_before_the_client_closes(
+        state_dir: Path, tg: FakeTelegram) -> None:
+    runner = HeldRunner()
+    worker = telegram(state_dir, tg, runner)
+    tg.inject_message(GROUP, f"{MENTION} nearly done")
+    wait_until(lambda: len(runner.futures) == 1, what="the turn submitted")
+    worker.stop_intake()
+    threading.Timer(0.3, lambda: runner.futures[0].set_result(Reply("finished in time"))).start()
+    worker.stop(time.monotonic() + 3)  # returns only after the answer went out
+    assert [m["text"] for m in tg.sent] == ["finished in time"]
+    assert open_inbox(state_dir, "telegram").pending() == []
