@@ -41,6 +41,7 @@ ALIVE_CURSOR = "alive"  # inbox cursor: epoch seconds when we last were connecte
 ALIVE_EVERY = 30.0  # how often the mark is refreshed while connected
 ALIVE_SLACK = 60.0  # history is read from this long before the mark (events in flight when we went down)
 CATCHUP_LIMIT = 500  # messages read per channel at most
+CATCHUP_TIMEOUT = 30.0  # live messages wait (in order) at most this long for the history to be read
 
 
 def use_endpoints(config: PlatformConfig) -> None:
@@ -188,7 +189,7 @@ class DiscordWorker(PlatformWorker):
     async def _catch_up(self, client: discord.Client) -> None:
         try:
             await self._replay_pending()
-            await self._read_history(client)
+            await asyncio.wait_for(self._read_history(client), CATCHUP_TIMEOUT)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
