@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import concurrent.futures
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from aiwm_agentd.config import AgentConfig
 
@@ -53,6 +53,15 @@ class Worker(Protocol):
 
     def stop(self, deadline: float) -> None:
         """Stop before `deadline` (time.monotonic()); after it, abandon what is left."""
+
+
+@runtime_checkable
+class IntakeWorker(Protocol):
+    """A worker that takes messages from people (the platform bots): at stop its intake closes first."""
+
+    def stop_intake(self) -> None:
+        """Stop starting turns for new messages (they are kept for after the restart); return at once.
+        Running turns go on, and their answers are still delivered until stop()'s deadline."""
 
 
 @dataclass(frozen=True)

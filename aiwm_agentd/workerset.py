@@ -18,12 +18,14 @@ from typing import Protocol
 from aiwm_agentd.backoff import backoff_delay
 from aiwm_agentd.config import AgentConfig
 from aiwm_agentd.metrics import Metrics
-from aiwm_agentd.workers import DaemonControl, Runner, Worker, WorkerHealth
+from aiwm_agentd.workers import DaemonControl, IntakeWorker, Runner, Worker, WorkerHealth
 
 log = logging.getLogger("aiwm_agentd.workers")
 
 CHECK_INTERVAL = 2.0
 RESTART_CAP = 300.0
+# Kept back from the stop deadline for the platforms: send the last answers and notices, then close.
+PLATFORM_STOP_BUDGET = 2.5
 
 
 class RunnerWorker(Runner, Worker, Protocol):
@@ -125,9 +127,15 @@ class WorkerSet:
         return sum(1 for w in self.platforms if _health(w).state == "ok")
 
     def stop(self, deadline: float) -> None:
-        """Platforms first (no new intake), then the runner (running turns get the rest of the deadline)."""
+        """Nobody's message is dropped: intake closes first, then the runner gets all but the platforms'
+        budget for its running turns (a turn it cuts is answered `shutting_down`, which the platforms turn into
+        a "restarting" notice, its message kept in the inbox), then the platforms deliver and close."""
+        for worker in self.platforms:
+            if isinstance(worker, IntakeWorker):
+                _guarded(worker.name, "stop its intake", worker.stop_intake)
+        runner_deadline = max(time.monotonic(), deadline - PLATFORM_STOP_BUDGET)
+        _stop_all([self.runner] if self.runner else [], runner_deadline)
         _stop_all(self.platforms, deadline)
-        _stop_all([self.runner] if self.runner else [], deadline)
 
 
 def _health(worker: Worker) -> WorkerHealth:

@@ -48,6 +48,7 @@ class PlatformConfig:
     allow_direct_messages: bool
     api_base_url: str  # "" = the public API
     gateway_url: str = ""  # Discord only (Telegram has no such key); "" = the public gateway
+    catchup_window: float = 0.0  # oldest message answered after downtime, seconds
 
 
 @dataclass(frozen=True)

@@ -154,6 +154,9 @@ def platform_settings(name: str, *, token_env: str, ids_env: str, ids_key: str, 
     ]
     if name == "discord":
         rows.append(row("DISCORD_GATEWAY_URL", "gateway_url", p.parse_ws_url, "", "self-hosted gateway"))
+    rows.append(row(f"{upper}_CATCHUP_WINDOW", "catchup_window", p.parse_seconds, 3 * 3600.0,
+                    "messages sent while the agent was down are answered up to this many seconds back "
+                    "(Discord reads this much channel history)"))
     return tuple(rows)
 
 

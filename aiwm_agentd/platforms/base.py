@@ -12,6 +12,14 @@ runner's per-conversation FIFO sees messages in arrival order; the answer is awa
 conversation's answers are sent strictly one after the other, as replies to the triggering message. One
 typing loop per conversation runs while any of its turns is pending (not one per queued message), and a
 conversation whose queue is full gets one refusal reply per overflow episode, not one per refused message.
+
+Durability (issue 10): a message with a platform dedup key is recorded in the worker's `Inbox` before its turn
+is submitted and marked done once its answer was delivered. A known key is ignored (redelivered Telegram
+updates, Discord history catch-up). At stop, `stop_intake()` comes first: later messages are only recorded;
+running turns get the rest of the deadline (`_drain_turns`), and a turn the runner had to give up
+(`shutting_down`) leaves its message pending and its chat gets one "restarting" notice while the platform
+is still up. After a restart `_replay_pending()` answers what is pending, in order, with a late-answer note,
+and gives up (honestly) a message whose turn was started `max_attempts` times.
 """
 
 from __future__ import annotations
@@ -23,20 +31,26 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from aiwm_agentd import logs
 from aiwm_agentd.config import AgentConfig, PlatformConfig
+from aiwm_agentd.inbox import Entry, Inbox, open_inbox
 from aiwm_agentd.loopthread import LoopNotRunning, LoopState, LoopThread
 from aiwm_agentd.platforms.commands import Command, format_reload, format_status
 from aiwm_agentd.platforms.split import split_message
+from aiwm_agentd.runner import failures
 from aiwm_agentd.workers import ConversationKey, DaemonControl, HealthState, Reply, Runner, WorkerHealth
 
 RELOAD_TIMEOUT = 60.0
 # How long one refusal reply covers a conversation whose queue stays full.
 REFUSAL_QUIET = 30.0
+# Kept back from the stop deadline to close the library client (after the last answers were sent).
+CLOSE_BUDGET = 1.5
+# A message older than this when its turn is submitted gets a late-answer note.
+LATE_AFTER = 60.0
 
 
 class ConfigurationError(Exception):
@@ -143,6 +157,10 @@ class PlatformWorker(abc.ABC):
         self._typing: dict[ConversationKey, _Typing] = {}
         self._refusals = RefusalGate()
         self._logged_config_error = ""
+        self._inbox: Inbox | None = None
+        self._intake_open = True
+        self._in_flight: set[str] = set()  # inbox keys submitted in this run
+        self._told_restart: set[ConversationKey] = set()
         self.sessions_started = 0
         logs.register_secret(self._config.token)
 
@@ -158,6 +176,10 @@ class PlatformWorker(abc.ABC):
         # Fresh loop-side state for every run (asyncio primitives bind to a loop on first use).
         self._wake = asyncio.Event()
         self._tasks, self._tails, self._typing = set(), {}, {}
+        self._intake_open = True
+        self._in_flight, self._told_restart = set(), set()
+        if self._inbox is None:
+            self._inbox = open_inbox(self._agent.state_dir, self.name)
         self._set_health("starting", "starting")
         self._loop_thread.start(self._main)
 
@@ -177,6 +199,11 @@ class PlatformWorker(abc.ABC):
             return WorkerHealth("error", f"worker thread died ({self._loop_thread.death_detail()})",
                                 alive=False, extra=self._health.extra)
         return self._health
+
+    def stop_intake(self) -> None:
+        """First step of a stop: new messages are only recorded (answered after the restart); turns
+        already running keep going and are delivered until stop()'s deadline."""
+        self._intake_open = False
 
     def stop(self, deadline: float) -> None:
         self._deadline = deadline
@@ -248,6 +275,13 @@ class PlatformWorker(abc.ABC):
         extra.setdefault("sessions", self.sessions_started)
         extra.setdefault("refusals_answered", self._refusals.answered)
         extra.setdefault("refusals_silenced", self._refusals.silenced)
+        inbox = self._inbox
+        if inbox is not None:
+            extra.setdefault("inbox_pending", len(inbox.pending()))
+            if inbox.degraded:
+                extra.setdefault("inbox", inbox.degraded)
+                if state == "ok":
+                    state, detail = "degraded", f"{detail}; {inbox.degraded}"
         self._health = WorkerHealth(state, detail, alive=True, extra=extra)
 
     def _time_left(self, floor: float = 0.05) -> float:
@@ -264,6 +298,20 @@ class PlatformWorker(abc.ABC):
                 self._logged_config_error = ""
             self._set_health(state, detail)
             await self._wait_wake(self.monitor_interval)
+        if self._stopping:
+            await self._drain_turns()
+
+    async def _drain_turns(self) -> None:
+        """At stop, before the client closes: let pending answers and restart notices go out."""
+        typing = {t.task for t in self._typing.values()}
+        pending = [t for t in self._tasks if not t.done() and t not in typing]
+        if not pending:
+            return
+        budget = self._time_left() - CLOSE_BUDGET
+        self.log.info("%s: waiting up to %.1f s for %d answer(s) before closing", self.name, max(0.0, budget),
+                      len(pending))
+        if budget > 0:
+            await asyncio.wait(pending, timeout=budget)
 
     @abc.abstractmethod
     async def _session(self, config: PlatformConfig) -> None:
@@ -284,7 +332,7 @@ class PlatformWorker(abc.ABC):
     # --------------------------------------------------------------------------------------------
     # Turns and commands (in the worker loop).
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, object]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -297,15 +345,36 @@ class PlatformWorker(abc.ABC):
             await asyncio.wait(tasks, timeout=0.2)
         self._tails.clear()
         self._typing.clear()
+        self._in_flight.clear()  # their answers are lost with the session: the next one replays them
 
     def handle_message(self, key: ConversationKey, text: str, command: Command | None,
-                       responder: Responder) -> None:
-        """Called synchronously from the library callback for a message that should be answered."""
+                       responder: Responder, *, message_key: str = "", address: Mapping[str, str] | None = None,
+                       sent_at: float | None = None) -> None:
+        """Called synchronously from the library callback for a message that should be answered.
+
+        `message_key` (the platform's dedup key) and `address` (how to reply later) make it durable;
+        `sent_at` (epoch) marks an answer as late when the message waited for us."""
         if command is not None:
             self._spawn(self._run_command(key, command, responder))
             return
         if not text.strip():
             return
+        inbox = self._inbox if message_key else None
+        if inbox is not None:
+            if not inbox.accept(message_key, str(key), text, address or {}):
+                self.log.debug("%s: %s already taken; not answering it again", self.name, message_key)
+                return
+            if not self._intake_open:
+                self.log.info("%s: stopping; %s is kept for after the restart", self.name, key)
+                self._spawn(self._tell_restarting(key, responder))
+                return
+        note = late_note(sent_at, time.time()) if sent_at is not None else ""
+        self._submit(key, text, responder, message_key if inbox is not None else "", note)
+
+    def _submit(self, key: ConversationKey, text: str, responder: Responder, message_key: str,
+                note: str) -> None:
+        if message_key:
+            self._in_flight.add(message_key)
         try:
             future = self._runner.submit(key, text)
         except Exception as exc:
@@ -315,6 +384,7 @@ class PlatformWorker(abc.ABC):
         refusal = _refusal(future)
         if refusal is not None:
             self._on_refused(key, refusal, responder)
+            self._mark_done(message_key)  # refused honestly: not retried after a restart
             return
         silenced = self._refusals.accepted(key) if key not in self._typing else 0  # drained: episode over
         if silenced:
@@ -324,7 +394,7 @@ class PlatformWorker(abc.ABC):
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._tails[key] = done
         self._typing_begin(key, responder)
-        self._spawn(self._finish_turn(key, future, responder, previous, done))
+        self._spawn(self._finish_turn(key, future, responder, previous, done, message_key, note))
 
     def _on_refused(self, key: ConversationKey, reply: Reply, responder: Responder) -> None:
         """The runner refused a message (queue full): answer the first refusal of the episode only."""
@@ -359,11 +429,12 @@ class PlatformWorker(abc.ABC):
 
     async def _finish_turn(self, key: ConversationKey, future: concurrent.futures.Future[Reply],
                            responder: Responder, previous: asyncio.Future[None] | None,
-                           done: asyncio.Future[None]) -> None:
+                           done: asyncio.Future[None], message_key: str = "", note: str = "") -> None:
         try:
+            error = ""
             try:
                 reply = await asyncio.wrap_future(future)
-                text = reply.text
+                text, error = reply.text, reply.error
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -371,7 +442,15 @@ class PlatformWorker(abc.ABC):
                 text = "Sorry, something went wrong while answering."
             if previous is not None:
                 await asyncio.shield(previous)
-            await self.send_text(responder, text)
+            if message_key and error == failures.SHUTTING_DOWN.code:
+                # Kept in the inbox: answered after the restart, not now.
+                self._in_flight.discard(message_key)
+                await self._tell_restarting(key, responder)
+                return
+            if note and not error:
+                text = f"{note}\n\n{text}"
+            if await self.send_text(responder, text):
+                self._mark_done(message_key)
         finally:
             self._typing_end(key)
             if not done.done():
@@ -389,7 +468,8 @@ class PlatformWorker(abc.ABC):
                 self.log.debug("%s: typing indicator failed: %s", self.name, _describe(exc))
             await asyncio.sleep(self.typing_interval)
 
-    async def send_text(self, responder: Responder, text: str) -> None:
+    async def send_text(self, responder: Responder, text: str) -> bool:
+        """Send `text` in chunks; False when a chunk could not be sent (logged)."""
         for chunk in split_message(text, self.message_limit):
             try:
                 await responder.send(chunk)
@@ -397,7 +477,63 @@ class PlatformWorker(abc.ABC):
                 raise
             except Exception as exc:
                 self.log.error("%s: sending a reply failed: %s", self.name, _describe(exc))
-                return
+                return False
+        return True
+
+    # --------------------------------------------------------------------------------------------
+    # The durable inbox (in the worker loop).
+
+    def _mark_done(self, message_key: str) -> None:
+        if message_key and self._inbox is not None:
+            self._in_flight.discard(message_key)
+            self._inbox.done(message_key)
+
+    async def _tell_restarting(self, key: ConversationKey, responder: Responder) -> None:
+        """One notice per conversation per stop: its message is kept and answered after the restart."""
+        if key in self._told_restart:
+            return
+        self._told_restart.add(key)
+        await self.send_text(responder, failures.RESTARTING_NOTICE)
+
+    def responder_for(self, address: Mapping[str, str]) -> Responder | None:
+        """A responder that replies to a message recorded earlier (None: this session cannot)."""
+        return None
+
+    async def _replay_pending(self) -> int:
+        """Answer what the inbox holds from an earlier run (or a lost session), in acceptance order.
+
+        Called once the session can send; returns how many were resubmitted."""
+        inbox = self._inbox
+        if inbox is None:
+            return 0
+        for given_up in inbox.given_up:
+            self.log.warning("%s: gave up a message of %s (too many waiting)", self.name, given_up.conversation)
+        inbox.given_up.clear()
+        count = 0
+        for entry in inbox.pending():
+            if entry.key in self._in_flight:
+                continue
+            responder = self.responder_for(entry.address)
+            if responder is None:
+                continue
+            counted = inbox.attempt(entry.key)
+            if counted is None:
+                continue
+            key = ConversationKey.parse(entry.conversation)
+            if counted.attempts > inbox.max_attempts:
+                self.log.warning("%s: giving up a message of %s after %d attempts", self.name, key,
+                                 counted.attempts - 1)
+                self._spawn(self._give_up(entry, responder))
+                continue
+            count += 1
+            self._submit(key, entry.text, responder, entry.key, late_note(entry.accepted_at, time.time(), True))
+        if count:
+            self.log.info("%s: answering %d message(s) left unanswered by the last run", self.name, count)
+        return count
+
+    async def _give_up(self, entry: Entry, responder: Responder) -> None:
+        if await self.send_text(responder, failures.GIVEN_UP_NOTICE):
+            self._mark_done(entry.key)
 
     async def _run_command(self, key: ConversationKey, command: Command, responder: Responder) -> None:
         try:
@@ -424,6 +560,14 @@ class PlatformWorker(abc.ABC):
                                              RELOAD_TIMEOUT)
             return format_reload(changes)
         raise ValueError(f"unknown command /{command.name}")
+
+
+def late_note(sent_at: float, now: float, restarted: bool = False) -> str:
+    """The line put before a late answer ("" when it is not late)."""
+    if not restarted and now - sent_at < LATE_AFTER:
+        return ""
+    when = time.strftime("%H:%M UTC", time.gmtime(sent_at))
+    return f"(Late answer to your message of {when}: I was restarting or offline.)"
 
 
 def _refusal(future: concurrent.futures.Future[Reply]) -> Reply | None:

@@ -7,19 +7,27 @@ session (one Discord worker per process).
 
 Health: ready, not closed, finite heartbeat latency. During an outage discord.py keeps `is_ready()` True and
 reconnects by itself while latency is infinite: that is "degraded", not a reason to restart.
+
+Catch-up: Discord does not redeliver what was sent while we were away. The worker keeps a "last alive" mark
+in its inbox (every ALIVE_EVERY seconds while connected, and at stop); on READY it answers what the inbox
+holds, then reads each answered channel's history after max(last alive - slack, now - catch-up window) and
+passes it through the usual addressing rules. The inbox's dedup keys (message ids) make overlaps harmless.
+Live messages arriving meanwhile wait in a buffer, so a conversation's messages keep their order.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dtm
 import math
 import re
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from aiwm_agentd.config import PlatformConfig
 from aiwm_agentd.platforms.addressing import Inbound, should_answer
-from aiwm_agentd.platforms.base import ConfigurationError, PlatformWorker
+from aiwm_agentd.platforms.base import ConfigurationError, PlatformWorker, _describe
 from aiwm_agentd.platforms.commands import parse_command
 from aiwm_agentd.workers import ConversationKey, HealthState
 
@@ -29,6 +37,11 @@ if TYPE_CHECKING:
 PUBLIC_API = "https://discord.com/api/v10"
 PUBLIC_GATEWAY = "wss://gateway.discord.gg/"
 NOT_READY_GRACE = 30.0  # seconds before "still connecting" counts as degraded
+ALIVE_CURSOR = "alive"  # inbox cursor: epoch seconds when we last were connected
+ALIVE_EVERY = 30.0  # how often the mark is refreshed while connected
+ALIVE_SLACK = 60.0  # history is read from this long before the mark (events in flight when we went down)
+CATCHUP_LIMIT = 500  # messages read per channel at most
+CATCHUP_TIMEOUT = 30.0  # live messages wait (in order) at most this long for the history to be read
 
 
 def use_endpoints(config: PlatformConfig) -> None:
@@ -60,12 +73,18 @@ def build_client(worker: DiscordWorker) -> discord.Client:
     async def on_message(message: discord.Message) -> None:
         worker.on_message(client, message)
 
+    async def on_ready() -> None:
+        worker.on_ready(client)
+
     client.event(on_message)
+    client.event(on_ready)
     return client
 
 
 class DiscordResponder:
-    def __init__(self, message: discord.Message) -> None:
+    """Replies to a message (a full one, or a `PartialMessage` rebuilt from ids after a restart)."""
+
+    def __init__(self, message: discord.Message | discord.PartialMessage) -> None:
         self._message = message
 
     async def send(self, text: str) -> None:
@@ -85,6 +104,10 @@ class DiscordWorker(PlatformWorker):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._client: discord.Client | None = None
+        self._catching_up = False
+        self._held: list[discord.Message] = []  # live messages that arrived during catch-up
+        self._alive_marked = 0.0
+        self.caught_up = 0  # messages found in the history (for tests and /health)
 
     async def _session(self, config: PlatformConfig) -> None:
         import discord
@@ -92,6 +115,7 @@ class DiscordWorker(PlatformWorker):
         use_endpoints(config)
         client = build_client(self)
         self._client = client
+        self._catching_up, self._held, self._alive_marked = True, [], 0.0
         began = time.monotonic()
         runner = asyncio.get_running_loop().create_task(client.start(config.token))
         monitor = asyncio.get_running_loop().create_task(self._monitor(lambda: self._probe(client, began)))
@@ -118,6 +142,8 @@ class DiscordWorker(PlatformWorker):
             monitor.result()
         finally:
             monitor.cancel()
+            if client.is_ready():
+                self._mark_alive(sync=True)
             if not client.is_closed():
                 await self._bounded("discord close", client.close())
             if not runner.done():
@@ -137,15 +163,76 @@ class DiscordWorker(PlatformWorker):
         if not math.isfinite(client.latency):
             return "degraded", "gateway connection lost; reconnecting"
         user = client.user
+        if not self._catching_up and time.monotonic() - self._alive_marked > ALIVE_EVERY:
+            self._mark_alive()
         return "ok", f"connected as {user} (latency {client.latency * 1000:.0f} ms)"
+
+    def _mark_alive(self, sync: bool = False) -> None:
+        if self._inbox is not None:
+            self._alive_marked = time.monotonic()
+            self._inbox.set_cursor(ALIVE_CURSOR, f"{time.time():.3f}", sync=sync)
+
+    # -------------------------------------------------------------------------------------------- catch-up
+
+    def on_ready(self, client: discord.Client) -> None:
+        """READY (first connect, or a new gateway session after a long outage): catch up once per session."""
+        if self._catching_up:
+            self._spawn(self._catch_up(client))
+
+    def responder_for(self, address: Mapping[str, str]) -> DiscordResponder | None:
+        client = self._client
+        if client is None or not address.get("channel") or not address.get("message"):
+            return None
+        channel = client.get_partial_messageable(int(address["channel"]))
+        return DiscordResponder(channel.get_partial_message(int(address["message"])))
+
+    async def _catch_up(self, client: discord.Client) -> None:
+        try:
+            await self._replay_pending()
+            await asyncio.wait_for(self._read_history(client), CATCHUP_TIMEOUT)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.log.warning("discord: catching up failed: %s", _describe(exc))
+        finally:
+            self._catching_up = False
+            held, self._held = self._held, []
+            for message in held:
+                self.on_message(client, message)
+            self._mark_alive(sync=True)
+
+    async def _read_history(self, client: discord.Client) -> None:
+        import discord
+        from discord.utils import time_snowflake
+
+        inbox = self._inbox
+        alive = inbox.cursor(ALIVE_CURSOR) if inbox is not None else ""
+        window = self._config.catchup_window
+        if not alive or window <= 0:
+            return  # first run (nothing to catch up with) or catch-up turned off
+        since = max(float(alive) - ALIVE_SLACK, time.time() - window)
+        after = discord.Object(time_snowflake(dtm.datetime.fromtimestamp(since, dtm.UTC)))
+        began, found = time.monotonic(), 0
+        for channel_id in self._config.target_ids:
+            channel = client.get_channel(int(channel_id)) if channel_id.isdigit() else None
+            if not isinstance(channel, discord.abc.Messageable):
+                continue
+            async for message in channel.history(after=after, oldest_first=True, limit=CATCHUP_LIMIT):
+                found += 1
+                self.on_message(client, message, catching_up=True)
+        self.caught_up += found
+        self.log.info("discord: read %d message(s) sent while away in %.2f s", found, time.monotonic() - began)
 
     # --------------------------------------------------------------------------------------------
 
-    def on_message(self, client: discord.Client, message: discord.Message) -> None:
+    def on_message(self, client: discord.Client, message: discord.Message, catching_up: bool = False) -> None:
         import discord
 
         me = client.user
         if me is None:
+            return
+        if self._catching_up and not catching_up:
+            self._held.append(message)
             return
         channel = message.channel
         chat_ids = [str(channel.id)]
@@ -168,7 +255,9 @@ class DiscordWorker(PlatformWorker):
         if command is not None and command.for_other_bot:
             return
         key = ConversationKey("discord", chat_ids[-1], thread)
-        self.handle_message(key, text, command, DiscordResponder(message))
+        address = {"channel": str(channel.id), "message": str(message.id)}
+        self.handle_message(key, text, command, DiscordResponder(message), message_key=str(message.id),
+                            address=address, sent_at=message.created_at.timestamp())
 
 
 def strip_mention(text: str, user_id: int) -> str:

@@ -14,6 +14,7 @@ import datetime as dtm
 import re
 import time
 import warnings
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from aiwm_agentd.config import PlatformConfig
@@ -39,22 +40,30 @@ def bot_api_urls(api_base_url: str) -> tuple[str, str]:
 
 
 class TelegramResponder:
-    def __init__(self, bot: Bot, message: Message, worker: TelegramWorker) -> None:
+    """Replies to one message, known by ids only, so a message recorded before a restart can be answered."""
+
+    def __init__(self, bot: Bot, chat_id: int, message_id: int, thread_id: int | None,
+                 worker: TelegramWorker) -> None:
         self._bot = bot
-        self._message = message
+        self._chat_id = chat_id
+        self._message_id = message_id
+        self._thread_id = thread_id
         self._worker = worker
+
+    @classmethod
+    def to(cls, bot: Bot, message: Message, worker: TelegramWorker) -> TelegramResponder:
+        thread_id = message.message_thread_id if message.is_topic_message else None
+        return cls(bot, message.chat_id, message.message_id, thread_id, worker)
 
     async def send(self, text: str) -> None:
         from telegram import ReplyParameters
         from telegram.error import RetryAfter
 
-        thread_id = self._message.message_thread_id if self._message.is_topic_message else None
         for attempt in range(MAX_RETRY_AFTER + 1):
             try:
                 await self._bot.send_message(
-                    chat_id=self._message.chat_id, text=text, message_thread_id=thread_id,
-                    reply_parameters=ReplyParameters(self._message.message_id,
-                                                     allow_sending_without_reply=True),
+                    chat_id=self._chat_id, text=text, message_thread_id=self._thread_id,
+                    reply_parameters=ReplyParameters(self._message_id, allow_sending_without_reply=True),
                 )
                 return
             except RetryAfter as exc:
@@ -67,8 +76,7 @@ class TelegramResponder:
     async def typing(self) -> None:
         from telegram.constants import ChatAction
 
-        thread_id = self._message.message_thread_id if self._message.is_topic_message else None
-        await self._bot.send_chat_action(self._message.chat_id, ChatAction.TYPING, message_thread_id=thread_id)
+        await self._bot.send_chat_action(self._chat_id, ChatAction.TYPING, message_thread_id=self._thread_id)
 
 
 def _retry_after_seconds(exc: Any) -> float:
@@ -91,6 +99,7 @@ class TelegramWorker(PlatformWorker):
         self._poll_error = ""
         self._bot_username = ""
         self._bot_id = 0
+        self._bot: Bot | None = None
 
     async def _session(self, config: PlatformConfig) -> None:
         from telegram import Update
@@ -124,6 +133,9 @@ class TelegramWorker(PlatformWorker):
             self._bot_id = app.bot.id
             assert app.updater is not None
             await app.start()
+            self._bot = app.bot
+            # Before polling: what an earlier run left unanswered goes first, then the pending updates.
+            await self._replay_pending()
             await app.updater.start_polling(timeout=dtm.timedelta(seconds=self.poll_timeout),
                                             error_callback=self._on_poll_error)
             polling = next((t for t in asyncio.all_tasks() if t.get_name() == POLLING_TASK_NAME), None)
@@ -131,7 +143,15 @@ class TelegramWorker(PlatformWorker):
             self.log.info("telegram: connected as @%s", self._bot_username)
             await self._monitor(lambda: self._probe(polling))
         finally:
+            self._bot = None
             await self._shutdown(app)
+
+    def responder_for(self, address: Mapping[str, str]) -> TelegramResponder | None:
+        if self._bot is None or not address.get("chat") or not address.get("message"):
+            return None
+        thread = address.get("thread") or ""
+        return TelegramResponder(self._bot, int(address["chat"]), int(address["message"]),
+                                 int(thread) if thread else None, self)
 
     async def _shutdown(self, app: Application[Any, Any, Any, Any, Any, Any]) -> None:
         if app.updater is not None and app.updater.running:
@@ -187,10 +207,19 @@ class TelegramWorker(PlatformWorker):
         )
         if not should_answer(inbound, self._config):
             return
+        sent_at = message.date.timestamp() if message.date else None
+        window = self._config.catchup_window
+        if window > 0 and sent_at is not None and time.time() - sent_at > window:
+            self.log.info("telegram: not answering a message sent %.0f s ago (TELEGRAM_CATCHUP_WINDOW)",
+                          time.time() - sent_at)
+            return
         thread = str(message.message_thread_id) if message.is_topic_message else ""
         key = ConversationKey("telegram", str(message.chat_id), thread)
         cleaned = _strip_mention(text, mention) if mention else text
-        self.handle_message(key, cleaned, command, TelegramResponder(context.bot, message, self))
+        address = {"chat": str(message.chat_id), "message": str(message.message_id), "thread": thread}
+        self.handle_message(key, cleaned, command, TelegramResponder.to(context.bot, message, self),
+                            message_key=f"{message.chat_id}:{message.message_id}", address=address,
+                            sent_at=sent_at)
 
     def _mentioned(self, message: Message, mention: str) -> bool:
         for entity, value in {**message.parse_entities(), **message.parse_caption_entities()}.items():

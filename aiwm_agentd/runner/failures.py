@@ -20,6 +20,11 @@ def timeout(seconds: float) -> Failure:
 
 INTERRUPTED = Failure("interrupted", "Stopped.")
 SHUTTING_DOWN = Failure("shutting_down", "Sorry, I am restarting right now. Please send that again in a minute.")
+# Told (once per conversation) when a stop cuts a turn whose message the inbox keeps for after the restart.
+RESTARTING_NOTICE = "I am restarting right now; I will answer this when I am back."
+# Told when a message's turn was started too often without an answer (it may be what crashes the agent).
+GIVEN_UP_NOTICE = ("Sorry, I tried to answer this several times and each attempt was cut short, so I am giving "
+                   "up on it. Please send it again, perhaps asking for something smaller.")
 NOT_RUNNING = Failure("not_running", "Sorry, the assistant is not running right now.")
 # Refused at once (never queued, never a paid turn): the conversation already holds claude.queue_limit messages.
 QUEUE_FULL = Failure("queue_full", "Sorry, too many messages are already waiting in this conversation, so I "

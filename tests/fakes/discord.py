@@ -6,6 +6,7 @@
     fake.wait_for_sent(1)                 # POST /channels/{id}/messages bodies (+ "channel_id"), in order
     fake.typing                           # channel ids of POST /channels/{id}/typing
     fake.kill(); fake.restart()           # drop every connection / listen again on the same port
+    fake.history                          # channel id -> messages (GET /channels/{id}/messages reads it)
     fake.stop()
 
 Gateway: HELLO, IDENTIFY -> READY + GUILD_CREATE (or close 4004 for a bad token, 4014 when
@@ -29,6 +30,7 @@ GUILD_ID = 800000000000000001
 CHANNEL_ID = 700000000000000001  # a text channel in the guild
 OTHER_CHANNEL_ID = 700000000000000002  # another text channel in the guild
 MESSAGE_CONTENT_INTENT = 1 << 15
+DISCORD_EPOCH_MS = 1420070400000
 
 
 class FakeDiscord:
@@ -37,6 +39,8 @@ class FakeDiscord:
         self.port = port
         self.privileged_ok = privileged_ok
         self.sent: list[dict[str, Any]] = []
+        self.history: dict[int, list[dict[str, Any]]] = {}
+        self.history_reads = 0
         self.typing: list[int] = []
         self.identifies = 0
         self.resumes = 0
@@ -82,6 +86,7 @@ class FakeDiscord:
         app.router.add_get("/api/v10/oauth2/applications/@me", self._application)
         app.router.add_post("/api/v10/channels/{channel}/messages", self._post_message)
         app.router.add_post("/api/v10/channels/{channel}/typing", self._typing)
+        app.router.add_get("/api/v10/channels/{channel}/messages", self._get_messages)
         self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.1)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", self.port, reuse_address=True)
@@ -128,7 +133,9 @@ class FakeDiscord:
         self, channel_id: int, content: str, *, mention_bot: bool = False, author_id: int = 42,
         author_bot: bool = False, direct: bool = False, reply_to_bot: bool = False,
     ) -> int:
-        """Dispatch a MESSAGE_CREATE. `mention_bot` prefixes `<@BOT_ID>`. Returns the message id."""
+        """Dispatch a MESSAGE_CREATE (to nobody while no client is connected: then it is only in the channel's
+        history, like a message sent while the bot is down). `mention_bot` prefixes `<@BOT_ID>`. Returns the
+        message id (a real snowflake: its timestamp is now)."""
         if mention_bot:
             content = f"<@{BOT_ID}> {content}"
         message = self._message(channel_id, content, _user(author_id, "alice", author_bot), direct=direct)
@@ -139,6 +146,8 @@ class FakeDiscord:
             message["referenced_message"] = earlier
             message["message_reference"] = {"message_id": earlier["id"], "channel_id": str(channel_id)}
             message["type"] = 19
+        with self._lock:
+            self.history.setdefault(channel_id, []).append(message)
         self._call(self._dispatch("MESSAGE_CREATE", message))
         return int(message["id"])
 
@@ -182,9 +191,24 @@ class FakeDiscord:
         content = body.get("content") or ""
         if len(content) > 2000:
             return _json({"message": "Invalid Form Body", "code": 50035}, status=400)
+        posted = self._message(channel_id, content, _user(BOT_ID, "aiwm-bot", True))
         with self._lock:
             self.sent.append({**body, "channel_id": channel_id})
-        return _json(self._message(channel_id, content, _user(BOT_ID, "aiwm-bot", True)))
+            self.history.setdefault(channel_id, []).append(posted)
+        return _json(posted)
+
+    async def _get_messages(self, request: web.Request) -> web.Response:
+        """Like Discord: with `after`, the oldest `limit` messages after it, returned newest first."""
+        if not self._authorized(request):
+            return _json({"message": "401: Unauthorized", "code": 0}, status=401)
+        channel_id = int(request.match_info["channel"])
+        after = int(request.query.get("after") or 0)
+        limit = int(request.query.get("limit") or 50)
+        with self._lock:
+            self.history_reads += 1
+            found = [m for m in self.history.get(channel_id, []) if int(m["id"]) > after]
+        found.sort(key=lambda m: int(m["id"]))
+        return _json(list(reversed(found[:limit])))
 
     async def _typing(self, request: web.Request) -> web.Response:
         with self._lock:
@@ -193,7 +217,9 @@ class FakeDiscord:
 
     def _message(self, channel_id: int, content: str, author: dict[str, Any], direct: bool = False) -> dict[str, Any]:
         with self._lock:
-            self._next_id += 1
+            # A snowflake whose timestamp is now (discord.py and the catch-up read the time from the id).
+            now_ms = int(time.time() * 1000) - DISCORD_EPOCH_MS
+            self._next_id = max(self._next_id + 1, now_ms << 22)
             message_id = self._next_id
         message: dict[str, Any] = {
             "id": str(message_id), "channel_id": str(channel_id), "author": author, "content": content,

@@ -105,16 +105,17 @@ class FakeTelegram:
 
     def inject_message(
         self, chat_id: int, text: str, *, from_id: int = 42, from_bot: bool = False, chat_type: str = "",
-        reply_to_bot: bool = False, username: str = "alice",
+        reply_to_bot: bool = False, username: str = "alice", sent_ago: float = 0.0,
     ) -> int:
-        """Queue a message update; `@username` mentions become entities. Returns its message_id."""
+        """Queue a message update; `@username` mentions become entities; `sent_ago` backdates it (seconds).
+        Returns its message_id."""
         chat_type = chat_type or ("private" if chat_id > 0 else "supergroup")
         with self._lock:
             self._next_message += 1
             message_id = self._next_message
             message: dict[str, Any] = {
                 "message_id": message_id,
-                "date": int(time.time()),
+                "date": int(time.time() - sent_ago),
                 "chat": {"id": chat_id, "type": chat_type, "title": f"chat {chat_id}"},
                 "from": {"id": from_id, "is_bot": from_bot, "first_name": username, "username": username},
                 "text": text,

@@ -6,6 +6,7 @@ import concurrent.futures
 import dataclasses
 import io
 import logging
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -105,7 +106,8 @@ class FakeControl:
 
 
 def make_config(tg: FakeTelegram | None, dc: FakeDiscord | None, **extra: str) -> AgentConfig:
-    env = {"AIWM_ENABLED": "false", "AIWM_STATE_DIR": "/tmp"}
+    # A fresh state dir each time: the workers' inboxes must not carry message ids from one test to the next.
+    env = {"AIWM_ENABLED": "false", "AIWM_STATE_DIR": tempfile.mkdtemp(prefix="aiwm-platforms-")}
     if tg is not None:
         env.update(TELEGRAM_BOT_TOKEN=tg.token, TELEGRAM_GROUP_ID=str(GROUP), TELEGRAM_API_BASE_URL=tg.url)
     if dc is not None:
