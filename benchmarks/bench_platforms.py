@@ -17,6 +17,7 @@ import json
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -63,7 +64,9 @@ class Control:
 
 
 def make_config(urls: dict[str, str]) -> AgentConfig:
-    env = {"AIWM_ENABLED": "false", "AIWM_STATE_DIR": "/tmp", "TELEGRAM_GROUP_ID": str(GROUP), **urls}
+    # A fresh state dir per run: the fakes restart their message ids, which the inbox would take as seen.
+    state = tempfile.mkdtemp(prefix="bench-platforms-")
+    env = {"AIWM_ENABLED": "false", "AIWM_STATE_DIR": state, "TELEGRAM_GROUP_ID": str(GROUP), **urls}
     return build_agent_config(env, None, load_daemon_settings(env))
 
 

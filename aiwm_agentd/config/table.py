@@ -92,7 +92,7 @@ DAEMON_SETTINGS: tuple[Setting, ...] = (
     _daemon("AIWM_REQUEST_TIMEOUT", "request_timeout", p.parse_seconds, 10.0, "seconds per controller request"),
     _daemon("AIWM_CONNECT_RETRIES", "connect_retries", p.parse_positive_int, 3,
             "connect attempts at start-up before the local configuration is used"),
-    _daemon("AIWM_SHUTDOWN_TIMEOUT", "shutdown_timeout", p.parse_seconds, 10.0, "seconds for a graceful stop"),
+    _daemon("AIWM_SHUTDOWN_TIMEOUT", "shutdown_timeout", p.parse_seconds, 15.0, "seconds for a graceful stop"),
     _daemon("AIWM_HEALTH_ADDR", "health_addr", p.parse_health_addr, DEFAULT_HEALTH_ADDR,
             "HOST:PORT of /health and /metrics, or off", show=_show_health_addr),
     _daemon("AIWM_STATE_DIR", "state_dir", p.parse_path, Path(DEFAULT_STATE_DIR),

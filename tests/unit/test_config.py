@@ -342,7 +342,7 @@ def test_disabled_needs_no_controller_keys():
 def test_daemon_defaults_and_origins():
     s = daemon()
     assert (s.heartbeat_interval, s.reconnect_interval, s.fallback_retry_interval) == (60.0, 82800.0, 300.0)
-    assert (s.request_timeout, s.connect_retries, s.shutdown_timeout) == (10.0, 3, 10.0)
+    assert (s.request_timeout, s.connect_retries, s.shutdown_timeout) == (10.0, 3, 15.0)
     assert s.verify is True
     assert s.origins["AIWM_HEARTBEAT_INTERVAL"] == "default"
     assert daemon(AIWM_HEARTBEAT_INTERVAL="2.5").origins["AIWM_HEARTBEAT_INTERVAL"] == "env"
