@@ -37,19 +37,19 @@ init)
   mkdir -p "$repo" "$state/conf"
   if [ -n "${AIWM_REPO_KEY:-}" ]; then
     export GNUPGHOME=${GNUPGHOME:-$HOME/.gnupg}
-    fpr=$(gpg --batch --with-colons --list-secret-keys -- "$AIWM_REPO_KEY" 2>/dev/null | awk -F: '$1 == "fpr" {print $10; exit}')
+    fpr=$(gpg --batch --with-colons --list-secret-keys -- "$AIWM_REPO_KEY" 2>/dev/null | awk -F: '$1 == "fpr" {print $10; exit}' || true)
     [ -n "$fpr" ] || die "AIWM_REPO_KEY=$AIWM_REPO_KEY: no such secret key in GNUPGHOME=$GNUPGHOME"
     log "signing with $fpr from $GNUPGHOME"
   else
     gh=${AIWM_REPO_GNUPGHOME:-build/repo-gnupg}
     mkdir -p "$gh" && chmod 0700 "$gh"
     export GNUPGHOME=$(cd "$gh" && pwd)
-    fpr=$(gpg --batch --with-colons --list-secret-keys 2>/dev/null | awk -F: '$1 == "fpr" {print $10; exit}')
+    fpr=$(gpg --batch --with-colons --list-secret-keys 2>/dev/null | awk -F: '$1 == "fpr" {print $10; exit}' || true)
     if [ -z "$fpr" ]; then
       gpg --batch --quiet --passphrase '' --quick-gen-key \
         "aiwm-agentd TEST repository key (not for production) <aiwm@example.invalid>" ed25519 sign never 2>/dev/null \
         || die "could not generate a test signing key in $GNUPGHOME"
-      fpr=$(gpg --batch --with-colons --list-secret-keys 2>/dev/null | awk -F: '$1 == "fpr" {print $10; exit}')
+      fpr=$(gpg --batch --with-colons --list-secret-keys 2>/dev/null | awk -F: '$1 == "fpr" {print $10; exit}' || true)
       log "generated a TEST signing key $fpr in $GNUPGHOME"
     fi
     log "signing with the TEST key $fpr (set AIWM_REPO_KEY for the real one)"
