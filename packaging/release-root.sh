@@ -30,11 +30,12 @@ flock 9
 for old in "$cache/$codename-$kind-"*; do
   case $old in "$path" | "$path.ok") ;; *) [ -e "$old" ] && rm -rf "$old" ;; esac
 done
-if [ -d "$path" ] && [ -e "$path.ok" ]; then
+# The .ok marker records the --include list: a root made with another list is made again.
+if [ -d "$path" ] && [ -e "$path.ok" ] && [ "$(cat "$path.ok")" = "$include" ]; then
   echo "$path"
   exit 0
 fi
-rm -rf "$path"
+rm -rf "$path" "$path.ok"
 tmp=$cache/.$key.tmp-$$
 rm -rf "$tmp"
 trap 'rm -rf "$tmp"' EXIT
@@ -47,6 +48,6 @@ out=$(debootstrap --variant=minbase --include="$include" "$codename" "$tmp" "$mi
 }
 mv "$tmp" "$path"
 trap - EXIT
-touch "$path.ok"
+echo "$include" >"$path.ok"
 log "$codename ($kind) ready in $(( $(date +%s) - start )) s: $path"
 echo "$path"
