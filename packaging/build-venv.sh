@@ -6,7 +6,10 @@
 # STAGE/opt/aiwm-agentd is created with $PYTHON (default /usr/bin/python3, the target distro's
 # interpreter), filled with this project's wheel and its pinned dependencies, and relocated: no path of
 # the build machine is left in shebangs, pyvenv.cfg, activate scripts, RECORD or .pyc files (checked at
-# the end). Dependency versions are pinned to the dev virtualenv's (`.venv`), which the tests ran with.
+# the end). Dependency versions are pinned to the dev virtualenv's (`.venv`), which the tests ran with, or
+# to $CONSTRAINTS (a `pip freeze` file: build-debs.sh passes the host's when building inside a release
+# root). Pins only constrain: a pinned package the wheel does not require (bcrypt, the dev controller's)
+# is not installed, and the build fails if anything of the dev tooling got in (checked below).
 set -euo pipefail
 stage=${1:?usage: build-venv.sh STAGE}
 python=${PYTHON:-/usr/bin/python3}
@@ -32,7 +35,9 @@ vpip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
 log "wheel of $repo"
 "${vpip[@]}" wheel --no-deps -w "$work/wheels" "$repo" 2>&1 >/dev/null \
   | { grep -v "^WARNING: Location '.*' is ignored" || true; } >&2
-if [ -x "$repo/.venv/bin/pip" ]; then
+if [ -n "${CONSTRAINTS:-}" ]; then
+  grep -v '^aiwm-agentd' "$CONSTRAINTS" >"$work/constraints.txt" || true
+elif [ -x "$repo/.venv/bin/pip" ]; then
   "$repo/.venv/bin/pip" freeze --exclude-editable 2>/dev/null | grep -v '^aiwm-agentd' >"$work/constraints.txt" || true
 else
   : >"$work/constraints.txt"
@@ -51,6 +56,14 @@ find "$venv/lib" -name '*.py' -perm /111 -exec chmod a-x {} +
 # An installed-from-file marker naming the build directory.
 find "$venv" -path '*.dist-info/direct_url.json' -delete
 find "$venv" -name RECORD -path '*.dist-info/*' -exec sed -i '/direct_url\.json,/d' {} +
+
+# The dev tooling never ships: not the dev controller (aiwm_devtools, or its old home
+# aiwm_agentd/devcontroller.py), not its bcrypt dependency.
+site=$(echo "$venv"/lib/python*/site-packages)
+devtools=$(cd "$site" && ls -d aiwm_devtools aiwm_devtools-* bcrypt bcrypt-* aiwm_agentd/devcontroller.py 2>/dev/null || true)
+if [ -n "$devtools" ]; then
+  log "dev tooling in the package venv (must not ship): $(echo $devtools)"; exit 1
+fi
 
 log "relocating $venv -> $prefix"
 # Interpreter links: the versioned system binary, so the venv keeps working whatever /usr/bin/python3 is.

@@ -1,11 +1,17 @@
-"""Fixtures for `make test-system`: real systemd in a debootstrapped Debian 12, booted with systemd-nspawn.
+"""Fixtures for `make test-system`: real systemd in debootstrapped Debian roots, booted with systemd-nspawn.
 
-The bookworm root (`debootstrap --variant=minbase`, ~90 s) is cached under /var/cache/aiwm-agentd-test/,
-keyed by date: reruns on the same day only copy it (~3 s); older roots are deleted. Each test module boots
-a private copy with `systemd-nspawn -b --register=no --keep-unit --console=pipe --private-network` (its own
-loopback, nothing reachable outside) and runs commands in it with `nsenter -t <container init> -a`.
-Teardown always powers the container off, kills whatever is left, removes the copy, the cgroups nspawn
-created and its /run/systemd/nspawn bookkeeping, and checks that no mount leaked.
+One minbase root per supported release (packaging/releases: Debian 12 bookworm, Debian 13 trixie) is made by
+packaging/release-root.sh (~90 s) and cached under /var/cache/aiwm-agentd-test/, keyed by date: reruns on the
+same day only copy it (~3 s); older roots are deleted. Each container boots a private copy with
+`systemd-nspawn -b --register=no --keep-unit --console=pipe --private-network` (its own loopback, nothing
+reachable outside) and runs commands in it with `nsenter -t <container init> -a`. Teardown always powers the
+container off, kills whatever is left, removes the copy, the cgroups nspawn created and its /run/systemd/nspawn
+bookkeeping, and checks that no mount leaked.
+
+The dev controller is not in the packages (aiwm_devtools, with its bcrypt, stays in the repository): the tests
+copy aiwm_devtools and the host .venv's bcrypt (an abi3 wheel: any python3 >= 3.9) into the container and run
+it there with the container's own /usr/bin/python3 as a unit (`install_dev_controller`), on the container's
+loopback, where the agent reaches it.
 
 Needs root and the tools from tests/system/install-deps.sh (run automatically; idempotent).
 Knobs: AIWM_SYSTEST_CACHE (cache dir), AIWM_SYSTEST_MIRROR (Debian mirror for debootstrap).
@@ -15,7 +21,6 @@ Figures (sizes, timings, exposure) are written to build/system-test-figures.json
 from __future__ import annotations
 
 import contextlib
-import datetime
 import json
 import os
 import shutil
@@ -34,7 +39,12 @@ from tests import harness
 REPO = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("AIWM_SYSTEST_CACHE", "/var/cache/aiwm-agentd-test"))
 MIRROR = os.environ.get("AIWM_SYSTEST_MIRROR", "http://deb.debian.org/debian")
-SUITE = "bookworm"
+SUITE = "bookworm"  # test_systemd.py's release (the dpkg -i lifecycle); test_apt_repo.py runs every release
+RELEASES: dict[str, str] = {  # codename -> Debian revision suffix, from packaging/releases
+    fields[0]: fields[1]
+    for fields in (line.split() for line in (REPO / "packaging/releases").read_text().splitlines())
+    if fields and not fields[0].startswith("#")
+}
 # The issue's package set plus procps: the package depends on it (/bin/kill for ExecReload) and the
 # container has no network to fetch it.
 INCLUDE = "systemd,systemd-sysv,dbus,python3,procps"
@@ -92,45 +102,36 @@ def host_tools() -> None:
 
 
 @pytest.fixture(scope="session")
-def packages(host_tools: None) -> dict[str, Path]:
-    """The .deb and .rpm `make deb rpm` builds (a no-op when they are up to date)."""
+def packages(host_tools: None) -> dict[str, Any]:
+    """The .debs (one per release) and the .rpm `make debs rpm` builds (a no-op when they are up to date)."""
     started = time.monotonic()
-    run(["make", "-s", "-C", str(REPO), "deb", "rpm"], timeout=1200)
-    record("make_deb_rpm_seconds_incremental", time.monotonic() - started)
+    run(["make", "-s", "-C", str(REPO), "debs", "rpm"], timeout=2400)
+    record("make_debs_rpm_seconds_incremental", time.monotonic() - started)
     version = run([str(REPO / ".venv/bin/python"), "-c", "import aiwm_agentd; print(aiwm_agentd.__version__)"],
                   cwd=REPO).stdout.strip()
-    deb = REPO / "dist" / f"aiwm-agentd_{version}-1_amd64.deb"
+    debs = {codename: REPO / "dist" / f"aiwm-agentd_{version}-1{suffix}_amd64.deb"
+            for codename, suffix in RELEASES.items()}
     rpm = REPO / "dist" / f"aiwm-agentd-{version}-1.x86_64.rpm"
-    assert deb.is_file() and rpm.is_file(), (deb, rpm)
-    record("deb_bytes", deb.stat().st_size)
+    for codename, deb in debs.items():
+        assert deb.is_file(), deb
+        record(f"deb_bytes[{codename}]", deb.stat().st_size)
+    assert rpm.is_file(), rpm
     record("rpm_bytes", rpm.stat().st_size)
-    return {"deb": deb, "rpm": rpm, "version": Path(version)}
+    return {"deb": debs[SUITE], "debs": debs, "rpm": rpm, "version": version}
+
+
+def release_root(codename: str) -> Path:
+    """A pristine minbase root of that release (packaging/release-root.sh: debootstrapped once a day)."""
+    started = time.monotonic()
+    proc = run([str(REPO / "packaging/release-root.sh"), codename, "minbase", INCLUDE], timeout=900)
+    if "ready in" in proc.stderr:
+        record(f"debootstrap_seconds[{codename}]", time.monotonic() - started)
+    return Path(proc.stdout.strip().splitlines()[-1])
 
 
 @pytest.fixture(scope="session")
 def rootfs(host_tools: None) -> Path:
-    """A pristine bookworm minbase root, cached per day."""
-    key = f"{SUITE}-minbase-{datetime.date.today():%Y%m%d}"
-    path, done = CACHE / key, CACHE / f"{key}.ok"
-    CACHE.mkdir(parents=True, exist_ok=True)
-    for old in CACHE.glob(f"{SUITE}-minbase-*"):
-        if old.name not in (key, f"{key}.ok"):
-            shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
-    if path.is_dir() and done.exists():
-        return path
-    shutil.rmtree(path, ignore_errors=True)
-    tmp = CACHE / f".{key}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    started = time.monotonic()
-    try:
-        run(["debootstrap", "--variant=minbase", f"--include={INCLUDE}", SUITE, str(tmp), MIRROR], timeout=900)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    record("debootstrap_seconds", time.monotonic() - started)
-    tmp.rename(path)
-    done.touch()
-    return path
+    return release_root(SUITE)
 
 
 # -------------------------------------------------------------------------------------- the container
@@ -314,14 +315,15 @@ class Container:
         return harness.wait_for(predicate, timeout, interval, what=what)
 
 
-@pytest.fixture(scope="module")
-def container(rootfs: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Container]:
+@contextlib.contextmanager
+def booted(rootfs: Path, label: str) -> Iterator[Container]:
+    """A container booted from a private copy of `rootfs`, cleaned up (and checked) whatever happens."""
     scratch = Path(tempfile.mkdtemp(prefix="aiwm-systest-", dir="/var/tmp"))
     root = scratch / "root"
     box = Container(root, scratch / "nspawn.log", f"aiwmtest{os.getpid()}")
     try:
         run(["cp", "-a", "--reflink=auto", str(rootfs), str(root)], timeout=300)
-        record("container_boot_seconds", box.boot())
+        record(f"container_boot_seconds[{label}]", box.boot())
         yield box
     finally:
         problems = box.cleanup()
@@ -330,3 +332,58 @@ def container(rootfs: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         if problems:
             print("nspawn log tail:\n" + log)
             pytest.fail("teardown: " + "; ".join(problems))
+
+
+@pytest.fixture(scope="module")
+def container(rootfs: Path) -> Iterator[Container]:
+    with booted(rootfs, SUITE) as box:
+        yield box
+
+
+# ------------------------------------------------------------------------------------- dev controller
+
+DEVTOOLS = "/opt/aiwm-systest/devtools"
+
+
+def install_dev_controller(box: Container, port: int, agent_id: str, secret: str) -> None:
+    """Run the dev controller (python -m aiwm_devtools, from this repository) in the container as the unit
+    aiwm-devctl.service, with the container's python3 and the host .venv's bcrypt, on the container's
+    loopback port `port`; returns once it accepts connections."""
+    import bcrypt  # the host .venv's (the dev/test extra); abi3, so any container python3 >= 3.9 loads it
+
+    dest = box.root / DEVTOOLS.lstrip("/")
+    shutil.rmtree(dest, ignore_errors=True)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    shutil.copytree(REPO / "aiwm_devtools", dest / "aiwm_devtools", ignore=ignore)
+    shutil.copytree(Path(bcrypt.__file__).parent, dest / "bcrypt", ignore=ignore)
+    run(["chmod", "-R", "a+rX", str(box.root / "opt/aiwm-systest")])
+    box.write("/etc/systemd/system/aiwm-devctl.service", f"""[Unit]
+Description=AIWM dev controller (system test)
+Before=aiwm-agentd.service
+
+[Service]
+Environment=PYTHONPATH={DEVTOOLS} PYTHONDONTWRITEBYTECODE=1
+ExecStart=/usr/bin/python3 -m aiwm_devtools --port {port} --agent-id {agent_id} --secret {secret} --wire-version v5
+DynamicUser=yes
+
+[Install]
+WantedBy=multi-user.target
+""")
+    box.sh("systemctl daemon-reload && systemctl enable --now aiwm-devctl.service")
+    wait_listening(box, port)
+
+
+def wait_listening(box: Container, port: int) -> None:
+    box.wait_for(f"a listener on 127.0.0.1:{port}", lambda: box.sh(
+        f"python3 -c 'import socket; socket.create_connection((\"127.0.0.1\", {port}), 1)'",
+        check=False).returncode == 0)
+
+
+# Nothing of the dev tooling may be in an installed package (the build refuses it too: build-venv.sh).
+NO_DEVTOOLS_CHECK = (
+    "find /opt/aiwm-agentd \\( -name 'aiwm_devtools*' -o -name 'bcrypt*' -o -path '*/aiwm_agentd/devcontroller.py' \\)"
+    " -print; /opt/aiwm-agentd/bin/python -c 'import bcrypt' 2>&1 | tail -n 1;"
+    " /opt/aiwm-agentd/bin/python -c 'import aiwm_devtools' 2>&1 | tail -n 1"
+)
+NO_DEVTOOLS_EXPECTED = ("ModuleNotFoundError: No module named 'bcrypt'\n"
+                        "ModuleNotFoundError: No module named 'aiwm_devtools'")

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Install (apt) what `make deb`, `make rpm` and `make test-system` need on a fresh Debian 12.
+# Install (apt) what `make deb(s)`, `make rpm`, `make repo` and `make test-system` need on a fresh Debian 12.
 # Idempotent and quiet: does nothing when everything is already there. Run as root (or with sudo).
 set -euo pipefail
 packages=(
   python3 python3-venv    # the package's virtualenv is built with the target's /usr/bin/python3
-  debootstrap             # test-system: the bookworm root the container boots
+  debootstrap             # make debs, test-system: the root of each supported release
   systemd-container       # test-system: systemd-nspawn
   util-linux              # nsenter
   rpm                     # make rpm inspection, rpm --root install in test-system
@@ -13,6 +13,7 @@ packages=(
   dpkg-dev binutils       # dpkg-deb, objdump for lintian
   zstd                    # deb/rpm payload compression
   openssl                 # test-system: self-signed cert for the loopback HTTPS check
+  reprepro gnupg          # make repo: the signed apt repository
   ca-certificates
 )
 missing=()

@@ -1,8 +1,9 @@
-"""The packaged daemon under real systemd (issue 5), in a booted Debian 12 container.
+"""The packaged daemon under real systemd (issue 5), in a booted Debian 12 container, installed with dpkg -i.
 
 The steps run in order against one container (module fixture) and build on each other: install the .deb,
 run the bundled Claude CLI under the unit's sandbox against a loopback HTTPS API, start the daemon against
-the dev controller (shipped in the package, running inside the container), reload, watchdog, stop, a bad
+the dev controller (from this repository's aiwm_devtools: not in the package; it runs inside the container,
+see conftest.install_dev_controller), reload, watchdog, stop, a bad
 env value (status 78, no restart), a second agent from the template, upgrade keeping the edited env file,
 a reboot (enabled on install), remove and purge. The .rpm is inspected and installed into a scratch root.
 Figures go through `record()`; no timing is asserted beyond the unit's own timeouts.
@@ -22,7 +23,18 @@ from typing import Any
 
 import pytest
 
-from .conftest import REPO, Container, record, run
+from .conftest import (
+    NO_DEVTOOLS_CHECK,
+    NO_DEVTOOLS_EXPECTED,
+    RELEASES,
+    REPO,
+    SUITE,
+    Container,
+    install_dev_controller,
+    record,
+    run,
+    wait_listening,
+)
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(900)]
 
@@ -36,19 +48,6 @@ CLAUDE = f"{VENV}/lib/python3.11/site-packages/claude_agent_sdk/_bundled/claude"
 SERVICE_KEYS_NOT_FOR_ONESHOT = re.compile(
     r"^(Type|NotifyAccess|ExecStart|ExecReload|EnvironmentFile|Watchdog\w*|Restart\w*|Timeout\w*|KillMode)="
 )
-
-DEVCTL_UNIT = f"""[Unit]
-Description=AIWM dev controller (system test)
-Before=aiwm-agentd.service
-
-[Service]
-ExecStart=/usr/bin/aiwm-agentd dev-controller --port {CONTROLLER_PORT} --agent-id {AGENT_ID} \\
-    --secret {SECRET} --wire-version v5
-DynamicUser=yes
-
-[Install]
-WantedBy=multi-user.target
-"""
 
 GOOD_ENV = f"""# written by tests/system
 AIWM_ENABLED=true
@@ -104,7 +103,7 @@ def test_units_static_checks() -> None:
     assert hardening("aiwm-agentd.service") == hardening("aiwm-agentd@.service")
 
 
-def test_install(container: Container, packages: dict[str, Path]) -> None:
+def test_install(container: Container, packages: dict[str, Any]) -> None:
     box = container
     shutil.copy(packages["deb"], box.root / "root/aiwm-agentd.deb")
     started = time.monotonic()
@@ -129,6 +128,8 @@ def test_install(container: Container, packages: dict[str, Path]) -> None:
     leaks = box.out(f"grep -rlaF -e '{REPO}' -e '{REPO}/build' {VENV} | head -5", check=False)
     assert leaks == "", f"build paths in: {leaks}"
     assert int(box.out(f"find {VENV} -name '*.pyc' | wc -l")) > 1000
+    assert box.out(NO_DEVTOOLS_CHECK, check=False) == NO_DEVTOOLS_EXPECTED
+    assert box.out("dpkg-query -W -f='${Version}' aiwm-agentd") == f"{packages['version']}-1{RELEASES[SUITE]}"
     assert box.out("runuser -u aiwm-agentd -- aiwm-agentd --version") == f"aiwm-agentd {packages['version']}"
 
     # verify (stderr and stdout must be empty) and the online exposure, with the binary now present.
@@ -182,11 +183,7 @@ def test_claude_cli_runs_hardened_and_reaches_https(container: Container) -> Non
 
 def test_start_connects_and_heartbeats(container: Container) -> None:
     box = container
-    box.write("/etc/systemd/system/aiwm-devctl.service", DEVCTL_UNIT)
-    box.sh("systemctl daemon-reload && systemctl enable --now aiwm-devctl.service")
-    box.wait_for("dev controller listening", lambda: box.sh(
-        f"python3 -c 'import socket; socket.create_connection((\"127.0.0.1\", {CONTROLLER_PORT}), 1)'",
-        check=False).returncode == 0)
+    install_dev_controller(box, CONTROLLER_PORT, AGENT_ID, SECRET)
     box.write("/etc/aiwm/agent.env", GOOD_ENV, mode="0640", owner="root:aiwm-agentd")
     box.write(f"/etc/systemd/system/{UNIT}.d/10-systest.conf", TEST_DROPIN)
     box.sh("systemctl daemon-reload")
@@ -286,7 +283,7 @@ def test_template_instance_runs_beside_the_main_agent(container: Container) -> N
     box.sh("systemctl stop aiwm-agentd@two.service")
 
 
-def test_upgrade_keeps_the_edited_env_file(container: Container, packages: dict[str, Path]) -> None:
+def test_upgrade_keeps_the_edited_env_file(container: Container, packages: dict[str, Any]) -> None:
     box = container
     edited = GOOD_ENV + "# edited by the operator\n"
     box.write("/etc/aiwm/agent.env", edited, mode="0640", owner="root:aiwm-agentd")
@@ -296,16 +293,17 @@ def test_upgrade_keeps_the_edited_env_file(container: Container, packages: dict[
 
     dist = Path(tempfile.mkdtemp(prefix="aiwm-systest-dist-", dir="/var/tmp"))
     try:
-        env = dict(os.environ, AIWM_PKG_RELEASE="2", DIST=str(dist), DEB_COMPRESSION="zstd")
+        env = dict(os.environ, AIWM_PKG_RELEASE="2", AIWM_DEB_SUFFIX=RELEASES[SUITE], AIWM_DEB_CODENAME=SUITE,
+                   DIST=str(dist), DEB_COMPRESSION="zstd")
         run([str(REPO / "packaging/build-packages.sh"), "deb"], cwd=REPO, env=env, timeout=600)
-        newer = next(dist.glob("aiwm-agentd_*-2_amd64.deb"))
+        newer = next(dist.glob(f"aiwm-agentd_*-2{RELEASES[SUITE]}_amd64.deb"))
         shutil.copy(newer, box.root / "root/aiwm-agentd-2.deb")
     finally:
         shutil.rmtree(dist, ignore_errors=True)
     started = time.monotonic()
     proc = box.sh("dpkg -i /root/aiwm-agentd-2.deb", timeout=300)
     record("deb_upgrade_seconds", time.monotonic() - started)
-    assert box.out("dpkg-query -W -f='${Version}' aiwm-agentd").endswith("-2")
+    assert box.out("dpkg-query -W -f='${Version}' aiwm-agentd").endswith(f"-2{RELEASES[SUITE]}")
     assert box.out("sha256sum < /etc/aiwm/agent.env | cut -d' ' -f1") == digest
     assert box.out("stat -c '%U:%G %a' /etc/aiwm/agent.env") == "root:aiwm-agentd 640"
     assert box.out("ls /etc/aiwm") == "agent.env\nagent.env.example\ninstruction.md.example\ntwo.env", proc.stdout
@@ -348,7 +346,7 @@ def test_remove_then_purge(container: Container) -> None:
         ("dpkg-query: no packages", "unknown ok not-installed"))
 
 
-def test_install_onto_a_provisioned_env_file_starts_at_once(container: Container, packages: dict[str, Path]) -> None:
+def test_install_onto_a_provisioned_env_file_starts_at_once(container: Container, packages: dict[str, Any]) -> None:
     """cloud-init style: /etc/aiwm/agent.env written (root:root 0600) before the package is installed.
     The file is kept as it is (only its group becomes aiwm-agentd) and, being configured, the daemon starts."""
     box = container
@@ -359,22 +357,22 @@ def test_install_onto_a_provisioned_env_file_starts_at_once(container: Container
     assert box.out("stat -c '%U:%G %a' /etc/aiwm/agent.env") == "root:aiwm-agentd 640"
     wait_active(box)
     assert box.out("systemctl is-enabled aiwm-agentd") == "enabled"
-    # The dev controller's own files were purged under it: restart it, then have the agent reconnect.
+    # A fresh dev controller (no memory of the purged agent's session), then have the agent reconnect.
     box.sh("systemctl restart aiwm-devctl.service")
-    box.wait_for("dev controller listening", lambda: box.sh(
-        f"python3 -c 'import socket; socket.create_connection((\"127.0.0.1\", {CONTROLLER_PORT}), 1)'",
-        check=False).returncode == 0)
+    wait_listening(box, CONTROLLER_PORT)
     box.sh(f"systemctl reload {UNIT}")
     box.wait_for("connected", lambda: count(box.journal(UNIT, mark), r"connected to http") >= 1)
     box.sh("dpkg --purge aiwm-agentd", timeout=120)
     assert box.out("test -e /etc/aiwm/agent.env || echo gone") == "gone"
 
 
-def test_rpm_inspect_and_install_into_a_root(packages: dict[str, Path]) -> None:
+def test_rpm_inspect_and_install_into_a_root(packages: dict[str, Any]) -> None:
     rpm = str(packages["rpm"])
     info = run(["rpm", "-qip", rpm]).stdout
     assert re.search(r"^Name\s*:\s*aiwm-agentd", info, re.M), info
     files = run(["rpm", "-qlp", rpm]).stdout.splitlines()
+    devtools = [f for f in files if re.search(r"aiwm_devtools|/bcrypt|aiwm_agentd/devcontroller\.py", f)]
+    assert devtools == [], devtools[:5]
     for path in ("/usr/bin/aiwm-agentd", "/usr/lib/systemd/system/aiwm-agentd.service",
                  "/usr/lib/systemd/system/aiwm-agentd@.service", "/etc/aiwm/agent.env.example",
                  f"{VENV}/bin/aiwm-agentd"):
