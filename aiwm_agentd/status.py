@@ -40,6 +40,8 @@ class StatusSnapshot:
     workers: tuple[tuple[str, WorkerHealth], ...] = ()
     busy: bool = False
     queue_depth: int = 0
+    sleep_reason: str | None = None  # an operator put the agent to sleep (portal `agent:command sleep`)
+    sleep_since: float | None = None
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,7 @@ def health_document(s: StatusSnapshot, now: float) -> dict[str, Any]:
                    "warnings": list(s.warnings)},
         "busy": s.busy,
         "queue_depth": s.queue_depth,
+        "sleep": None if s.sleep_reason is None else {"reason": s.sleep_reason, "since": iso(s.sleep_since)},
         "workers": {name: {"state": h.state, "detail": h.detail, "alive": h.alive, **h.extra}
                     for name, h in s.workers},
     }
@@ -123,6 +126,7 @@ def chat_summary(s: StatusSnapshot, now: float) -> dict[str, Any]:
         "config_source": s.config_source,
         "queue_depth": s.queue_depth,
         "busy": s.busy,
+        **({"sleeping": s.sleep_reason} if s.sleep_reason is not None else {}),
     }
 
 

@@ -42,6 +42,7 @@ from aiwm_agentd.health import HealthServer
 from aiwm_agentd.logs import parse_level
 from aiwm_agentd.metrics import Metrics
 from aiwm_agentd.notify import Notifier
+from aiwm_agentd.realtime.portal import SocketTarget, socket_target
 from aiwm_agentd.sampler import MetricsSampler
 from aiwm_agentd.workerset import WorkerFactory, WorkerSet, default_worker_factory
 
@@ -85,6 +86,9 @@ class Supervisor:
         self._reload_lock = threading.Lock()
         self._reload_futures: list[concurrent.futures.Future[list[str]]] = []
         self._waiting_reloads: list[tuple[concurrent.futures.Future[list[str]], AgentConfig]] = []
+        # Inputs from the portal channel's thread, taken to the session by the loop (the session is not
+        # thread-safe): tokens the socket refused, operator sleep/wake commands.
+        self._socket_inputs: list[tuple[str, str]] = []
         self._health: HealthServer | None = None
         self._ready = False
         self._reloading = False  # RELOADING=1 sent; READY=1 follows when the reconnect ends
@@ -115,6 +119,37 @@ class Supervisor:
         self._wake.set()
         return future
 
+    # -- what the AIWM portal channel may call (realtime/channel.py: RealtimeControl) ----------------------
+
+    def socket_target(self) -> SocketTarget | None:
+        """Where the portal socket should be open now (None: realtime off, or no usable token)."""
+        controller, claude = self.session.controller, self.config.claude
+        token = self.session.token
+        if not (claude.realtime and controller is not None and token):
+            return None
+        return socket_target(self.settings.base_url, token, self.settings.agent_id or controller.agent_id,
+                             controller.wire_version, claude.ws_url, claude.ws_namespace, claude.ws_path)
+
+    def socket_token_refused(self, token: str) -> None:
+        with self._reload_lock:
+            self._socket_inputs.append(("refused", token))
+        self._wake.set()
+
+    def agent_command(self, command: str, reason: str) -> str:
+        with self._reload_lock:
+            self._socket_inputs.append((command, reason))
+        self._wake.set()
+        return "sleep" if command == "sleep" else "idle"
+
+    def _handle_socket_inputs(self, now: float) -> None:
+        with self._reload_lock:
+            inputs, self._socket_inputs = self._socket_inputs, []
+        for kind, value in inputs:
+            if kind == "refused":
+                self.session.socket_refused(value, now)
+            elif kind in ("sleep", "wake"):
+                self.session.set_sleep(kind == "sleep", value, now)
+
     # -- the loop ------------------------------------------------------------------------------------
 
     def run(self) -> int:
@@ -144,6 +179,7 @@ class Supervisor:
             call, outcome = finished
             self._on_outcome(call, outcome, now)
         self._handle_reloads(now)
+        self._handle_socket_inputs(now)
         if not self._ready:
             self._maybe_ready(now)
         if not self.calls.busy:
@@ -294,7 +330,7 @@ class Supervisor:
             heartbeat_failures_in_row=s.heartbeat_failures_in_row, heartbeat_enum=s.heartbeat_enum,
             token_expires_at=s.controller.expires_at if s.controller else None, token_refreshes=s.token_refreshes,
             config_source=c.source, config_updates=self._config_updates, model=c.claude.model,
-            warnings=c.warnings)
+            warnings=c.warnings, sleep_reason=s.sleep_reason, sleep_since=s.sleep_since)
 
     def _publish(self) -> None:
         self._core = self._make_core()

@@ -35,6 +35,11 @@ class ClaudeConfig:
     turn_timeout: float
     max_clients: int
     queue_limit: int  # messages waiting or running per conversation; more are refused with a reply
+    # The AIWM portal socket (realtime/): off by default; "" = derive from the controller URL and version.
+    realtime: bool = False
+    ws_url: str = ""
+    ws_namespace: str = ""
+    ws_path: str = ""
 
 
 @dataclass(frozen=True)

@@ -131,6 +131,17 @@ CLAUDE_SETTINGS: tuple[Setting, ...] = (
     _claude("CLAUDE_MAX_CLIENTS", "max_clients", p.parse_positive_int, 4, "CLI processes kept warm"),
     _claude("CLAUDE_QUEUE_LIMIT", "queue_limit", p.parse_positive_int, 10,
             "messages waiting or running per conversation"),
+    # The AIWM portal socket (read with the agent's snapshot, so the controller's settings can set it too).
+    _claude("AIWM_REALTIME", "realtime", p.parse_bool, False,
+            "open the AIWM portal socket: portal chat and operator commands", flat="realtime_enabled"),
+    _claude("AIWM_WS_URL", "ws_url", p.parse_http_url, "",
+            "the socket server's http(s) origin (default: the controller's)",
+            flat="realtime_wsUrl"),
+    _claude("AIWM_WS_NAMESPACE", "ws_namespace", p.parse_text, "",
+            "the socket namespace (default by controller version: /ws for v4, /ws/chat for v5+, / for v6)",
+            flat="realtime_wsNamespace"),
+    _claude("AIWM_WS_PATH", "ws_path", p.parse_text, "", "the Socket.IO path (default /socket.io)",
+            flat="realtime_wsPath"),
 )
 
 

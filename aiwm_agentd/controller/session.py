@@ -119,6 +119,9 @@ class ControllerSession:
         self._refused_in_row = 0  # 401s since the last accepted heartbeat
         self._in_flight: Call | None = None
         self._heartbeat_logged = False
+        # An operator's `sleep` (portal agent:command): take no work; the controller is told at once.
+        self.sleep_reason: str | None = None
+        self.sleep_since: float | None = None  # wall time
 
     # -- what the loop asks ----------------------------------------------------------------------
 
@@ -152,7 +155,8 @@ class ControllerSession:
             call = Call("connect", self._connect_why, self._generation)
         elif self._heartbeat_due is not None and now >= self._heartbeat_due and self.state == "connected":
             self._heartbeat_due = None
-            status = "busy" if busy else self.heartbeat_enum
+            # REST controllers know no `sleep` status: a sleeping agent reports `busy`, so no work is offered.
+            status = "busy" if busy or self.sleeping else self.heartbeat_enum
             call = Call("heartbeat", "heartbeat", self._generation, token=self.token, status=status)
         self._in_flight = call
         return call
@@ -189,6 +193,33 @@ class ControllerSession:
         if self.state == "connected" and self._heartbeat_due is None:
             self._heartbeat_due = now
         self._schedule_connect(now, why)
+
+    @property
+    def sleeping(self) -> bool:
+        return self.sleep_reason is not None
+
+    def set_sleep(self, sleeping: bool, reason: str, now: float) -> bool:
+        """An operator's `sleep` / `wake`. Returns whether anything changed; a change is reported by a
+        heartbeat at once (not at the next interval), so the controller stops or resumes offering work now."""
+        if sleeping == self.sleeping:
+            return False
+        self.sleep_reason = (reason or "operator request") if sleeping else None
+        self.sleep_since = self._wall() if sleeping else None
+        log.info("%s by an operator%s", "sleeping" if sleeping else "awake again",
+                 f" ({reason[:100]})" if reason else "")
+        if self.state == "connected" and self._in_flight is None:
+            self._heartbeat_due = now
+        return True
+
+    def socket_refused(self, token: str, now: float) -> bool:
+        """The portal socket refused `token` (accepted, then disconnected at once): like a heartbeat 401,
+        reconnect for a fresh token, but only when `token` is still the current one (one reconnect per
+        refused token, never a loop)."""
+        if self.state != "connected" or not token or token != self.token:
+            return False
+        log.warning("the portal socket refused the agent token; reconnecting to the controller")
+        self._token_lost("portal socket refused the token (401)", now)
+        return True
 
     def stop(self) -> None:
         self._set_state("stopping")
