@@ -182,6 +182,7 @@ class DevController:
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
+        self.portal: Any = None  # a portal.PortalServer when the portal socket runs (admin routes reach it)
 
     # ----------------------------------------------------------------------------------------- lifecycle
 
@@ -720,6 +721,28 @@ class DevController:
             return 200, {"jsonrpc": "2.0", "id": request_id, "error": error}
         return 200, {"jsonrpc": "2.0", "id": request_id, "result": result}
 
+    def handle_dev_portal(self, action: str, body: Any, authorization: str | None) -> tuple[int, Any]:
+        """Admin: `POST /dev/portal/message {content, conversationId?}` types a portal message;
+        `POST /dev/portal/command {type, conversationId?, reason?}` sends an operator command."""
+        given = authorization[7:].strip() if authorization and authorization.lower().startswith("bearer ") else ""
+        if not given or not hmac.compare_digest(given.encode(), self.admin_token.encode()):
+            raise _ApiError(401, "Unauthorized")
+        portal = self.portal
+        if portal is None:
+            raise _ApiError(404, "the portal socket is not running")
+        body = body if isinstance(body, dict) else {}
+        try:
+            if action == "message" and isinstance(body.get("content"), str):
+                conversation = body.get("conversationId") or None
+                return 201, {"success": True, "messageId": portal.post(body["content"], conversation)}
+            if action == "command" and isinstance(body.get("type"), str):
+                ack = portal.command(body["type"], str(body.get("conversationId") or ""),
+                                     str(body.get("reason") or ""))
+                return 201, {"success": True, "ack": ack}
+        except (RuntimeError, TimeoutError) as exc:
+            raise _ApiError(409, str(exc) or "the agent did not answer") from None
+        raise _ApiError(400, "Validation failed", ["message needs content; command needs type"])
+
     def _post_status(self) -> int:
         return 200 if self.version == "v1" else 201
 
@@ -842,6 +865,8 @@ class _Handler(BaseHTTPRequestHandler):
             return controller.handle_regenerate(parts[1], auth)
         if method == "GET" and len(parts) == 3 and parts[0] == "agents" and parts[2] == "config" and version != "v1":
             return controller.handle_config(parts[1], auth)
+        if method == "POST" and parts[:2] == ["dev", "portal"] and len(parts) == 3:
+            return controller.handle_dev_portal(parts[2], self._json_body(), auth)
         if parts == ["mcp"] and method == "POST":
             return controller.handle_mcp(self._json_body(), auth)
         if parts == ["mcp"] and method == "GET":
@@ -935,6 +960,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--secret", help="agent secret (default: random 32-byte hex)")
     parser.add_argument("--token-ttl", type=float, default=86400.0, help="JWT lifetime in seconds (default 86400)")
     parser.add_argument("--agent-name", default="Dev Agent", help="agent name (default 'Dev Agent')")
+    parser.add_argument(
+        "--portal", choices=("off", "v4", "v5", "v6"), default=None,
+        help="portal socket dialect (default: v4 for a v4 controller, v5 for v5, off for older)",
+    )
     parser.add_argument("--env-out", metavar="PATH", help="also write the agent env lines to PATH (mode 0600)")
     parser.add_argument(
         "--spawn-agent",
@@ -992,6 +1021,17 @@ def main(args: argparse.Namespace) -> int:
     code = 0
     try:
         lines = controller.env_lines()
+        portal_dialect = args.portal or {"v4": "v4", "v5": "v5"}.get(controller.version, "off")
+        if portal_dialect != "off":
+            from aiwm_devtools.portal import PortalServer
+
+            controller.portal = PortalServer(controller, portal_dialect, host=args.host).start()
+            lines += controller.portal.env_lines()
+            base = f"curl -s -H 'Authorization: Bearer {controller.admin_token}' {controller.url}/dev/portal"
+            LOG.info("portal socket (%s) on %s%s namespace %s", portal_dialect, controller.portal.url,
+                     controller.portal.path, controller.portal.namespace)
+            LOG.info("post a portal message:  %s/message -d '{\"content\": \"hello\"}'", base)
+            LOG.info("operator command:       %s/command -d '{\"type\": \"inspect\"}'", base)
         print("\n".join(lines), flush=True)
         LOG.info(
             "AIWM %s controller listening on %s (agent %s)",
@@ -1022,6 +1062,8 @@ def main(args: argparse.Namespace) -> int:
     finally:
         if child is not None and child.poll() is None:
             _terminate(child)
+        if controller.portal is not None:
+            controller.portal.stop()
         controller.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)

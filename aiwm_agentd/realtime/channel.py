@@ -69,7 +69,6 @@ class _PortalResponder:
         self._namespace = namespace
         self._conversation_id = conversation_id
         self._work_id = work_id
-        self._typing = False
 
     async def send(self, text: str, kind: str = "message") -> None:
         payload: dict[str, Any] = {"conversationId": self._conversation_id, "role": "assistant",
@@ -78,13 +77,11 @@ class _PortalResponder:
             payload["workId"] = self._work_id
         ack = await self._client.call("message:send", payload, namespace=self._namespace, timeout=ACK_TIMEOUT)
         self._channel.sent += 1
-        if self._typing:
-            self._typing = False
-            await self._emit_typing(False)
+        # The answer ends the typing shown for it (the typing loop may run on another message's responder).
+        await self._emit_typing(False)
         self._channel.check_ack(ack)
 
     async def typing(self) -> None:
-        self._typing = True
         await self._emit_typing(True)
 
     async def _emit_typing(self, on: bool) -> None:

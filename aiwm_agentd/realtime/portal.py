@@ -122,10 +122,10 @@ class PortalFilter:
             self._seen[message_id] = None
             while len(self._seen) > self._remember:
                 self._seen.popitem(last=False)
-        if payload.get("role", "user") != "user":
-            return "not_user"
         if self.agent_id and self.agent_id in (_agent_of(payload.get("owner")), _agent_of(payload.get("createdBy"))):
             return "own_echo"
+        if payload.get("role", "user") != "user":
+            return "not_user"
         if payload.get("skipAgent") is True:
             return "skip_agent"
         kind = payload.get("type")
