@@ -134,9 +134,8 @@ class PortalServer:
         await runner.setup()
         site = web.TCPSite(runner, self._host, self._port, reuse_address=True)
         await site.start()
-        server = site._server
-        if self._port == 0 and server is not None and getattr(server, "sockets", None):
-            self._port = server.sockets[0].getsockname()[1]
+        if self._port == 0:
+            self._port = int(runner.addresses[0][1])
         self._runner = runner
 
     async def _shutdown(self) -> None:
