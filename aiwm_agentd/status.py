@@ -42,6 +42,10 @@ class StatusSnapshot:
     queue_depth: int = 0
     sleep_reason: str | None = None  # an operator put the agent to sleep (portal `agent:command sleep`)
     sleep_since: float | None = None
+    work_key: str = ""  # the assigned task in progress ("" = none)
+    work_title: str = ""
+    work_since: float | None = None
+    work_done: int = 0
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,8 @@ def health_document(s: StatusSnapshot, now: float) -> dict[str, Any]:
         "busy": s.busy,
         "queue_depth": s.queue_depth,
         "sleep": None if s.sleep_reason is None else {"reason": s.sleep_reason, "since": iso(s.sleep_since)},
+        "work": {"current": s.work_key or None, "title": s.work_title, "since": iso(s.work_since),
+                 "done": s.work_done},
         "workers": {name: {"state": h.state, "detail": h.detail, "alive": h.alive, **h.extra}
                     for name, h in s.workers},
     }
@@ -127,6 +133,7 @@ def chat_summary(s: StatusSnapshot, now: float) -> dict[str, Any]:
         "queue_depth": s.queue_depth,
         "busy": s.busy,
         **({"sleeping": s.sleep_reason} if s.sleep_reason is not None else {}),
+        **({"work": f"{s.work_title or s.work_key} (since {iso(s.work_since)})"} if s.work_key else {}),
     }
 
 

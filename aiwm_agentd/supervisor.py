@@ -36,14 +36,24 @@ from aiwm_agentd.config import (
 )
 from aiwm_agentd.controller.calls import CallRunner
 from aiwm_agentd.controller.client import ControllerClient, ControllerError, proxies_from_env
-from aiwm_agentd.controller.session import Call, Connected, ConnectFailed, ControllerSession, SessionSettings
+from aiwm_agentd.controller.session import (
+    Call,
+    Connected,
+    ConnectFailed,
+    ControllerSession,
+    HeartbeatAnswered,
+    SessionSettings,
+    WorkOffered,
+)
 from aiwm_agentd.controller.wire import ControllerConfig
+from aiwm_agentd.controller.work import WorkJournal, WorkOffer
 from aiwm_agentd.health import HealthServer
 from aiwm_agentd.logs import parse_level
 from aiwm_agentd.metrics import Metrics
 from aiwm_agentd.notify import Notifier
 from aiwm_agentd.realtime.portal import SocketTarget, socket_target
 from aiwm_agentd.sampler import MetricsSampler
+from aiwm_agentd.workers import ConversationKey, Reply
 from aiwm_agentd.workerset import WorkerFactory, WorkerSet, default_worker_factory
 
 log = logging.getLogger("aiwm_agentd.supervisor")
@@ -89,6 +99,8 @@ class Supervisor:
         # Inputs from the portal channel's thread, taken to the session by the loop (the session is not
         # thread-safe): tokens the socket refused, operator sleep/wake commands.
         self._socket_inputs: list[tuple[str, str]] = []
+        self._work_journal = WorkJournal(settings.state_dir)
+        self._work_declined_logged = False
         self._health: HealthServer | None = None
         self._ready = False
         self._reloading = False  # RELOADING=1 sent; READY=1 follows when the reconnect ends
@@ -149,6 +161,52 @@ class Supervisor:
                 self.session.socket_refused(value, now)
             elif kind in ("sleep", "wake"):
                 self.session.set_sleep(kind == "sleep", value, now)
+            elif kind in ("work_ok", "work_error"):
+                self._work_ended(value, kind == "work_ok", now)
+
+    # -- assigned work (controller/work.py) ------------------------------------------------------------
+
+    def _take_work(self, offer: WorkOffer, now: float, resumed: bool = False) -> None:
+        """Run `offer` as a Claude turn in a conversation of its own; `busy` is reported at once."""
+        runner = self.workers.runner
+        if not self.config.claude.take_work or runner is None:
+            self.metrics.work_declined.inc()
+            if not self._work_declined_logged:
+                self._work_declined_logged = True
+                log.warning("the controller offers work (%s) but this agent does not take work: set "
+                            "AIWM_TAKE_WORK=true (and give it a Claude credential) or assign the work elsewhere",
+                            offer.title or offer.key)
+            return
+        self.session.work_started(offer, now)
+        self._work_journal.save(offer)  # before the turn: a stop or crash from here on resumes it
+        self.metrics.work_started.labels("true" if resumed else "false").inc()
+        self.metrics.work_in_progress.set(1)
+        log.info("work %s%s: %s", offer.key, " resumed after a restart" if resumed else " accepted",
+                 offer.title or offer.kind)
+        key = ConversationKey("work", offer.work_id or offer.kind)
+        future = runner.submit(key, offer.prompt)
+        future.add_done_callback(lambda f: self._work_turn_ended(offer.key, f))
+
+    def _work_turn_ended(self, key: str, future: concurrent.futures.Future[Reply]) -> None:
+        """On the runner's thread: hand the end of the turn to the loop."""
+        ok = not future.cancelled() and future.exception() is None and not future.result().error
+        with self._reload_lock:
+            self._socket_inputs.append(("work_ok" if ok else "work_error", key))
+        self._wake.set()
+
+    def _work_ended(self, key: str, ok: bool, now: float) -> None:
+        if self._stop_requested:
+            return  # interrupted by the stop: the journal keeps it for the next start
+        if self.session.work_finished(key, now):
+            self._work_journal.clear()
+            self.metrics.work_finished.labels("ok" if ok else "error").inc()
+            self.metrics.work_in_progress.set(0)
+            log.info("work %s: the turn %s; reporting idle", key, "ended" if ok else "failed")
+
+    def _resume_work(self, now: float) -> None:
+        offer = self._work_journal.load()
+        if offer is not None:
+            self._take_work(offer, now, resumed=True)
 
     # -- the loop ------------------------------------------------------------------------------------
 
@@ -209,6 +267,7 @@ class Supervisor:
         self.session.startup_expired()
         self._ready = True
         self._apply(self._build_config(self.session.controller), "configuration")
+        self._resume_work(now)
         self._publish()
         self.notifier.ready(self._last_status)
         log.info("ready: %s", self._last_status)
@@ -237,7 +296,9 @@ class Supervisor:
                 self._finish_reloads()
             elif isinstance(event, ConnectFailed):
                 self._finish_reloads()
-            elif event.result.notices:
+            elif isinstance(event, WorkOffered):
+                self._take_work(event.offer, now)
+            elif isinstance(event, HeartbeatAnswered) and event.result.notices:
                 notices = {k: str(v)[:200] for k, v in event.result.notices.items()}
                 log.info("controller notice with heartbeat: %s", notices)
 
@@ -330,7 +391,9 @@ class Supervisor:
             heartbeat_failures_in_row=s.heartbeat_failures_in_row, heartbeat_enum=s.heartbeat_enum,
             token_expires_at=s.controller.expires_at if s.controller else None, token_refreshes=s.token_refreshes,
             config_source=c.source, config_updates=self._config_updates, model=c.claude.model,
-            warnings=c.warnings, sleep_reason=s.sleep_reason, sleep_since=s.sleep_since)
+            warnings=c.warnings, sleep_reason=s.sleep_reason, sleep_since=s.sleep_since,
+            work_key=s.work.key if s.work else "", work_title=s.work.title if s.work else "",
+            work_since=s.work_since, work_done=s.work_done)
 
     def _publish(self) -> None:
         self._core = self._make_core()

@@ -49,7 +49,8 @@ def default_worker_factory(config: AgentConfig, control: DaemonControl) -> tuple
 
 
 def needs_workers(config: AgentConfig) -> bool:
-    return config.discord.enabled or config.telegram.enabled or config.claude.realtime
+    return (config.discord.enabled or config.telegram.enabled or config.claude.realtime
+            or config.claude.take_work)
 
 
 class WorkerSet:

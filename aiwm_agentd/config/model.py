@@ -40,6 +40,7 @@ class ClaudeConfig:
     ws_url: str = ""
     ws_namespace: str = ""
     ws_path: str = ""
+    take_work: bool = False  # carry out work items offered in heartbeat answers
 
 
 @dataclass(frozen=True)

@@ -142,6 +142,9 @@ CLAUDE_SETTINGS: tuple[Setting, ...] = (
             flat="realtime_wsNamespace"),
     _claude("AIWM_WS_PATH", "ws_path", p.parse_text, "", "the Socket.IO path (default /socket.io)",
             flat="realtime_wsPath"),
+    _claude("AIWM_TAKE_WORK", "take_work", p.parse_bool, False,
+            "carry out work items the controller assigns (a Claude turn each, with its MCP tools)",
+            flat="realtime_takeWork"),
 )
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -27,12 +28,14 @@ from typing import Literal
 from aiwm_agentd.backoff import backoff_delay, jittered_interval
 from aiwm_agentd.controller.client import ControllerError, HeartbeatResult
 from aiwm_agentd.controller.wire import ControllerConfig
+from aiwm_agentd.controller.work import WorkOffer, ignored_task, parse_offer
 from aiwm_agentd.metrics import Metrics
 from aiwm_agentd.oncelog import OnceLog
 
 log = logging.getLogger("aiwm_agentd.controller.session")
 
 State = Literal["connecting", "connected", "fallback", "disconnected", "suspended", "deleted", "stopping"]
+DONE_KEYS = 200  # finished task keys remembered, so an offer repeated after the turn is not started again
 REFRESH_MARGIN = 600.0  # refresh this long before the token's lifetime ends (at most a tenth of it)
 REFRESH_FLOOR = 1.0  # never refresh sooner than this after a connect, whatever the token says
 EXPIRY_SLACK = 5.0  # a token this close to its end is not used for another call
@@ -89,7 +92,15 @@ class HeartbeatAnswered:
     result: HeartbeatResult
 
 
-Event = Connected | ConnectFailed | HeartbeatAnswered
+@dataclass(frozen=True)
+class WorkOffered:
+    """A heartbeat answer offered a task this session has not started: the loop decides to take it
+    (`work_started`) or not."""
+
+    offer: WorkOffer
+
+
+Event = Connected | ConnectFailed | HeartbeatAnswered | WorkOffered
 Outcome = ControllerConfig | HeartbeatResult | ControllerError
 
 
@@ -122,6 +133,12 @@ class ControllerSession:
         # An operator's `sleep` (portal agent:command): take no work; the controller is told at once.
         self.sleep_reason: str | None = None
         self.sleep_since: float | None = None  # wall time
+        # Assigned work: the task in progress (reported `busy` until it ends) and the keys already done.
+        self.work: WorkOffer | None = None
+        self.work_since: float | None = None  # wall time
+        self.work_done = 0
+        self._done_keys: OrderedDict[str, None] = OrderedDict()
+        self._report_soon = False  # a status change waits for the heartbeat in flight, then goes at once
 
     # -- what the loop asks ----------------------------------------------------------------------
 
@@ -156,7 +173,7 @@ class ControllerSession:
         elif self._heartbeat_due is not None and now >= self._heartbeat_due and self.state == "connected":
             self._heartbeat_due = None
             # REST controllers know no `sleep` status: a sleeping agent reports `busy`, so no work is offered.
-            status = "busy" if busy or self.sleeping else self.heartbeat_enum
+            status = "busy" if busy or self.sleeping or self.work is not None else self.heartbeat_enum
             call = Call("heartbeat", "heartbeat", self._generation, token=self.token, status=status)
         self._in_flight = call
         return call
@@ -207,9 +224,36 @@ class ControllerSession:
         self.sleep_since = self._wall() if sleeping else None
         log.info("%s by an operator%s", "sleeping" if sleeping else "awake again",
                  f" ({reason[:100]})" if reason else "")
-        if self.state == "connected" and self._in_flight is None:
-            self._heartbeat_due = now
+        self._report_now(now)
         return True
+
+    def work_started(self, offer: WorkOffer, now: float) -> None:
+        """The loop took `offer` (or resumed it after a restart): `busy` goes to the controller at once."""
+        self.work = offer
+        self.work_since = self._wall()
+        self._report_now(now)
+
+    def work_finished(self, key: str, now: float) -> bool:
+        """The turn of task `key` ended: never start it again, and report `idle` at once."""
+        if self.work is None or self.work.key != key:
+            return False
+        self.work, self.work_since = None, None
+        self.work_done += 1
+        self._remember_done(key)
+        self._report_now(now)
+        return True
+
+    def _remember_done(self, key: str) -> None:
+        self._done_keys[key] = None
+        while len(self._done_keys) > DONE_KEYS:
+            self._done_keys.popitem(last=False)
+
+    def _report_now(self, now: float) -> None:
+        """A heartbeat now (status changed), or right after the one in flight."""
+        if self._in_flight is not None and self._in_flight.kind == "heartbeat":
+            self._report_soon = True
+        elif self.state == "connected":
+            self._heartbeat_due = now
 
     def socket_refused(self, token: str, now: float) -> bool:
         """The portal socket refused `token` (accepted, then disconnected at once): like a heartbeat 401,
@@ -242,6 +286,9 @@ class ControllerSession:
                 return self._heartbeat_accepted(outcome, call.status, now)
             if isinstance(outcome, ControllerError):
                 self._heartbeat_failed(outcome, call.status, now)
+                if self._report_soon and self._heartbeat_due is not None:
+                    self._report_soon = False
+                    self._heartbeat_due = min(self._heartbeat_due, now)
                 return []
         raise TypeError(f"a {call.kind} call cannot end with {type(outcome).__name__}")
 
@@ -339,7 +386,20 @@ class ControllerSession:
                 self.settings.heartbeat_interval, result.correlation_id)
         self._heartbeat_logged = True
         self._heartbeat_due = now + jittered_interval(self.settings.heartbeat_interval, rng=self._rng)
-        return [HeartbeatAnswered(result)]
+        if self._report_soon:
+            self._report_soon = False
+            self._heartbeat_due = now
+        events: list[Event] = [HeartbeatAnswered(result)]
+        offer = parse_offer(result.body)
+        if offer is not None and self.work is None and not self.sleeping and offer.key not in self._done_keys:
+            events.append(WorkOffered(offer))
+        elif offer is not None:
+            log.debug("work offer %s not taken (in progress, done or sleeping)", offer.key)
+        elif ignored_task(result.body):
+            self._once.failure("task", ignored_task(result.body), logging.INFO,
+                               "the controller sent a %r system task; nothing handles it yet (ignored)",
+                               ignored_task(result.body))
+        return events
 
     def _heartbeat_failed(self, exc: ControllerError, status: str, now: float) -> None:
         self.metrics.heartbeat_failure.labels(exc.kind).inc()

@@ -592,9 +592,11 @@ def test_cli_prints_env_writes_env_out_and_exits_0_on_sigterm(tmp_path: Path) ->
     )  # fmt: skip
     try:
         assert proc.stdout is not None
-        lines = [proc.stdout.readline().strip() for _ in range(5)]
+        lines = [proc.stdout.readline().strip() for _ in range(9)]  # 5 controller + 4 portal socket lines
         env = dict(line.split("=", 1) for line in lines)
         assert env["AIWM_ENABLED"] == "true" and env["AIWM_AGENT_SECRET"] == "s3cret-value"
+        assert env["AIWM_REALTIME"] == "true" and env["AIWM_WS_NAMESPACE"] == "/ws"  # a v4 portal by default
+        assert env["AIWM_WS_URL"].startswith("http://127.0.0.1:")
         assert env["AGENT_NAME"] == "Dev Agent"
         base = env["AIWM_BASE_URL"]
         assert base.startswith("http://127.0.0.1:")
