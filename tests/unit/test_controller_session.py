@@ -17,6 +17,7 @@ from aiwm_agentd.controller.session import (
     ControllerSession,
     HeartbeatAnswered,
     SessionSettings,
+    WorkOffered,
 )
 from aiwm_agentd.controller.wire import ControllerConfig, parse_connect_response
 from aiwm_agentd.metrics import Metrics
@@ -351,3 +352,92 @@ def test_one_call_at_a_time_and_nothing_after_stop() -> None:
     assert isinstance(h.answer(call, hb_ok())[0], HeartbeatAnswered)
     s.stop()
     assert s.state == "stopping" and s.next_call(1e9, False) is None
+
+
+# -- realtime: assigned work, sleep/wake, the portal socket's token refusal --------------------------------
+
+WORK_ANSWER = {"success": True, "systemMessage": "Call mcp__Builtin__StartWork first.",
+               "work": {"id": "w1", "title": "Fix the build", "type": "task", "status": "todo", "priorityLevel": 2}}
+
+
+def offered(events: list[object]) -> list[WorkOffered]:
+    return [e for e in events if isinstance(e, WorkOffered)]
+
+
+def test_work_offer_is_reported_busy_at_once_and_idle_at_once_after_and_never_started_twice() -> None:
+    h = Harness()
+    s = h.start()
+    h.connect_ok()
+    call = h.due_call()
+    events = h.answer(call, HeartbeatResult(WORK_ANSWER, "cid"))
+    assert [e.offer.key for e in offered(events)] == ["work:w1:todo"]
+    s.work_started(offered(events)[0].offer, h.now)
+    assert s.next_due() == h.now  # busy goes out now, not at the next interval
+    busy = h.due_call()
+    assert busy.status == "busy"
+    # The same offer repeated while it runs (an answer to an earlier idle heartbeat) is not taken again.
+    assert offered(h.answer(busy, HeartbeatResult(WORK_ANSWER, "cid"))) == []
+    h.now += 5
+    assert s.work_finished("work:w1:todo", h.now)
+    assert s.work is None and s.work_done == 1 and s.next_due() == h.now
+    idle = h.due_call()
+    assert idle.status == "idle"
+    # Offered again after it ended (the model did not move it): not started twice.
+    assert offered(h.answer(idle, HeartbeatResult(WORK_ANSWER, "cid"))) == []
+    # The same task back in another state (review) is a new task.
+    review = {**WORK_ANSWER, "work": {**WORK_ANSWER["work"], "status": "review"}}  # type: ignore[dict-item]
+    assert [e.offer.key for e in offered(h.answer(h.due_call(), HeartbeatResult(review, "cid")))] == \
+        ["work:w1:review"]
+
+
+def test_status_change_during_a_heartbeat_in_flight_goes_right_after_it() -> None:
+    h = Harness()
+    s = h.start()
+    h.connect_ok()
+    in_flight = h.due_call()
+    assert in_flight.status == "idle"
+    s.set_sleep(True, "maintenance", h.now)  # while the idle heartbeat is in flight
+    assert s.next_due() is None
+    h.now += 0.2
+    h.answer(in_flight, hb_ok())
+    assert s.next_due() == h.now  # not the full interval later
+    assert h.due_call().status == "busy"  # REST knows no `sleep`: busy keeps work away
+
+
+def test_sleep_declines_offers_and_wake_reports_idle_at_once() -> None:
+    h = Harness()
+    s = h.start()
+    h.connect_ok()
+    h.heartbeat(hb_ok())
+    assert s.set_sleep(True, "night", h.now) and s.sleeping and s.sleep_reason == "night"
+    assert s.sleep_since == WALL + h.now
+    assert not s.set_sleep(True, "again", h.now)  # no change, nothing to report
+    call = h.due_call()
+    assert call.status == "busy"
+    assert offered(h.answer(call, HeartbeatResult(WORK_ANSWER, "cid"))) == []
+    assert s.set_sleep(False, "", h.now) and s.sleep_since is None
+    assert s.next_due() == h.now and h.due_call().status == "idle"
+
+
+def test_socket_refusal_reconnects_once_per_token() -> None:
+    h = Harness()
+    s = h.start()
+    h.connect_ok()
+    h.heartbeat(hb_ok())
+    old = s.token
+    assert not s.socket_refused("some-other-token", h.now)  # a stale refusal changes nothing
+    assert s.socket_refused(old, h.now)
+    assert s.state == "disconnected" and s.token == ""
+    call = h.due_call()
+    assert call.kind == "connect" and call.why == "reconnect after 401"
+    h.answer(call, controller(token=jwt({"iat": WALL + 1, "exp": WALL + 3601})))
+    assert s.state == "connected" and s.token != old
+    assert not s.socket_refused(old, h.now)  # the old token's refusal arrives late: no second reconnect
+
+
+def test_reserved_system_tasks_are_ignored() -> None:
+    h = Harness()
+    h.start()
+    h.connect_ok()
+    events = h.answer(h.due_call(), HeartbeatResult({"success": True, "systemTask": {"type": "inbox"}}, "cid"))
+    assert offered(events) == [] and isinstance(events[0], HeartbeatAnswered)
