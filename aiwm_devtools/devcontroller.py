@@ -50,6 +50,8 @@ from urllib.parse import urlsplit
 
 import bcrypt
 
+from aiwm_devtools.workqueue import WorkQueue, tool_definitions
+
 LOG = logging.getLogger("aiwm_agentd.devcontroller")
 
 WIRE_VERSIONS = ("v1", "v2", "v3", "v4", "v5")
@@ -182,6 +184,7 @@ class DevController:
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
+        self.work = WorkQueue()  # assigned work: offered to idle v5 heartbeats, moved by the MCP tools
         self.portal: Any = None  # a portal.PortalServer when the portal socket runs (admin routes reach it)
 
     # ----------------------------------------------------------------------------------------- lifecycle
@@ -649,6 +652,8 @@ class DevController:
             )
             if version == "v5" and status == "idle" and self._heartbeat_replies:
                 reply.update(self._heartbeat_replies.pop(0))
+            elif version == "v5" and status == "idle":
+                reply.update(self.work.next_offer() or {})
         return self._post_status(), reply
 
     def handle_disconnect(self, agent_id: str, body: Any, authorization: str | None) -> tuple[int, Any]:
@@ -693,7 +698,7 @@ class DevController:
     def handle_mcp(self, body: Any, authorization: str | None) -> tuple[int, Any]:
         """A minimal MCP (streamable HTTP, JSON answers) Builtin server with no tools, so that clients
         given `mcpServers.Builtin` find something there. Requires a valid agent token."""
-        self._authenticate(authorization)
+        agent_id = self._authenticate(authorization)
         if isinstance(body, list) or not isinstance(body, dict) or body.get("jsonrpc") != "2.0":
             return 400, {
                 "jsonrpc": "2.0",
@@ -713,7 +718,10 @@ class DevController:
                 "serverInfo": {"name": "Builtin (aiwm dev controller)", "version": "0.0.0"},
             }
         elif method == "tools/list":
-            result = {"tools": []}
+            result = {"tools": tool_definitions()}
+        elif method == "tools/call":
+            ok, text = self.work.call_tool(str(params.get("name") or ""), params.get("arguments"), agent_id)
+            result = {"content": [{"type": "text", "text": text}], "isError": not ok}
         elif method == "ping":
             result = {}
         else:
@@ -721,12 +729,26 @@ class DevController:
             return 200, {"jsonrpc": "2.0", "id": request_id, "error": error}
         return 200, {"jsonrpc": "2.0", "id": request_id, "result": result}
 
-    def handle_dev_portal(self, action: str, body: Any, authorization: str | None) -> tuple[int, Any]:
-        """Admin: `POST /dev/portal/message {content, conversationId?}` types a portal message;
-        `POST /dev/portal/command {type, conversationId?, reason?}` sends an operator command."""
+    def _check_admin(self, authorization: str | None) -> None:
         given = authorization[7:].strip() if authorization and authorization.lower().startswith("bearer ") else ""
         if not given or not hmac.compare_digest(given.encode(), self.admin_token.encode()):
             raise _ApiError(401, "Unauthorized")
+
+    def handle_dev_work(self, body: Any, authorization: str | None) -> tuple[int, Any]:
+        """Admin: `POST /dev/work {title, priorityLevel?}` assigns a work item (offered to the next idle
+        heartbeat of a v5 agent)."""
+        self._check_admin(authorization)
+        if not isinstance(body, dict) or not isinstance(body.get("title"), str) or not body["title"].strip():
+            raise _ApiError(400, "Validation failed", ["title must be a non-empty string"])
+        priority = body.get("priorityLevel", 2)
+        if not isinstance(priority, int) or isinstance(priority, bool) or not 1 <= priority <= 5:
+            raise _ApiError(400, "Validation failed", ["priorityLevel must be an integer from 1 to 5"])
+        return 201, {"success": True, "workId": self.work.assign(body["title"].strip(), priority)}
+
+    def handle_dev_portal(self, action: str, body: Any, authorization: str | None) -> tuple[int, Any]:
+        """Admin: `POST /dev/portal/message {content, conversationId?}` types a portal message;
+        `POST /dev/portal/command {type, conversationId?, reason?}` sends an operator command."""
+        self._check_admin(authorization)
         portal = self.portal
         if portal is None:
             raise _ApiError(404, "the portal socket is not running")
@@ -865,6 +887,8 @@ class _Handler(BaseHTTPRequestHandler):
             return controller.handle_regenerate(parts[1], auth)
         if method == "GET" and len(parts) == 3 and parts[0] == "agents" and parts[2] == "config" and version != "v1":
             return controller.handle_config(parts[1], auth)
+        if method == "POST" and parts == ["dev", "work"]:
+            return controller.handle_dev_work(self._json_body(), auth)
         if method == "POST" and parts[:2] == ["dev", "portal"] and len(parts) == 3:
             return controller.handle_dev_portal(parts[2], self._json_body(), auth)
         if parts == ["mcp"] and method == "POST":
@@ -1032,6 +1056,9 @@ def main(args: argparse.Namespace) -> int:
                      controller.portal.path, controller.portal.namespace)
             LOG.info("post a portal message:  %s/message -d '{\"content\": \"hello\"}'", base)
             LOG.info("operator command:       %s/command -d '{\"type\": \"inspect\"}'", base)
+        if controller.version == "v5":
+            LOG.info("assign a work item:     curl -s -H 'Authorization: Bearer %s' %s/dev/work "
+                     "-d '{\"title\": \"Write a haiku\"}'", controller.admin_token, controller.url)
         print("\n".join(lines), flush=True)
         LOG.info(
             "AIWM %s controller listening on %s (agent %s)",

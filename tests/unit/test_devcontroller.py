@@ -22,6 +22,7 @@ import requests
 
 from aiwm_agentd.controller.wire import parse_connect_response
 from aiwm_devtools.devcontroller import DevController
+from aiwm_devtools.workqueue import tool_definitions
 from tests.fakes.faulty_controller import FaultyController
 from tests.harness import ROOT
 
@@ -469,7 +470,7 @@ def test_builtin_mcp_endpoint(ctl: DevController) -> None:
     assert r.status_code == 200 and r.json()["result"]["protocolVersion"] == "2025-06-18"
     tools = {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}
     assert requests.post(server["url"], json=tools, headers=server["headers"], timeout=5).json()["result"] == {
-        "tools": []
+        "tools": tool_definitions()
     }
     note = {"jsonrpc": "2.0", "method": "notifications/initialized"}
     assert requests.post(server["url"], json=note, headers=server["headers"], timeout=5).status_code == 202
