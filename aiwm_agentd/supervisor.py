@@ -280,8 +280,24 @@ class Supervisor:
             self.calls.start(call, client, lambda deadline: client.connect(deadline), self.settings.request_timeout)
             return
         payload = self._sampler.sample(self.workers.active_connections(), call.status == "busy")
-        self.calls.start(call, client, lambda deadline: client.heartbeat(call.token, call.status, payload, deadline),
+        extra = self._mcp_report()
+        self.calls.start(call, client,
+                         lambda deadline: client.heartbeat(call.token, call.status, payload, deadline, extra),
                          self.settings.request_timeout)
+
+    def _mcp_report(self) -> dict[str, Any]:
+        """v5+ heartbeats tell the truth about the model's MCP tools (the controller withholds work the
+        agent cannot do); nothing until a Claude client has reported them, and nothing to older controllers."""
+        controller, status = self.session.controller, self._mcp_state()
+        if (controller is None or controller.wire_version in ("v1", "v2", "v3", "v4") or not status[0]
+                or "pending" in status[0].values()):
+            return {}
+        return {"mcpConnected": all(s == "connected" for s in status[0].values()),
+                "availableFunctions": list(status[1])}
+
+    def _mcp_state(self) -> tuple[dict[str, str], tuple[str, ...]]:
+        runner = self.workers.runner
+        return (dict(getattr(runner, "mcp_status", None) or {}), tuple(getattr(runner, "mcp_callable", ()) or ()))
 
     def _on_outcome(self, call: Call, outcome: Any, now: float) -> None:
         for event in self.session.complete(call, outcome, now):
@@ -393,7 +409,8 @@ class Supervisor:
             config_source=c.source, config_updates=self._config_updates, model=c.claude.model,
             warnings=c.warnings, sleep_reason=s.sleep_reason, sleep_since=s.sleep_since,
             work_key=s.work.key if s.work else "", work_title=s.work.title if s.work else "",
-            work_since=s.work_since, work_done=s.work_done)
+            work_since=s.work_since, work_done=s.work_done, mcp_servers=self._mcp_state()[0],
+            mcp_tools=len(self._mcp_state()[1]))
 
     def _publish(self) -> None:
         self._core = self._make_core()

@@ -648,11 +648,13 @@ class DevController:
                     "time": time.time(),
                     "correlation_id": correlation_id,
                     "path": path,
+                    "mcpConnected": body.get("mcpConnected"),
+                    "availableFunctions": copy.deepcopy(body.get("availableFunctions")),
                 }
             )
             if version == "v5" and status == "idle" and self._heartbeat_replies:
                 reply.update(self._heartbeat_replies.pop(0))
-            elif version == "v5" and status == "idle":
+            elif version == "v5" and status == "idle" and self.work.agent_can_work(body):
                 reply.update(self.work.next_offer() or {})
         return self._post_status(), reply
 

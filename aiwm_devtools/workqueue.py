@@ -51,6 +51,17 @@ class WorkQueue:
                                 "priorityLevel": priority})
         return work_id
 
+    @staticmethod
+    def agent_can_work(heartbeat: dict[str, Any]) -> bool:
+        """The controller withholds work from an agent that says its MCP is down or lacks the work tools
+        (priority <= 3 needs StartWork + BlockWork); an agent that says nothing is not checked."""
+        if heartbeat.get("mcpConnected") is False:
+            return False
+        functions = heartbeat.get("availableFunctions")
+        if isinstance(functions, list):
+            return {"mcp__Builtin__StartWork", "mcp__Builtin__BlockWork"} <= set(functions)
+        return True
+
     def next_offer(self) -> dict[str, Any] | None:
         """The answer fields for an idle heartbeat (None: nothing to offer, or the breaker tripped)."""
         with self._lock:

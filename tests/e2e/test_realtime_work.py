@@ -169,6 +169,11 @@ def test_assigned_work_runs_once_with_the_controller_tools_busy_then_idle(rig: R
     assert 'aiwm_work_finished_total{outcome="ok"} 1.0' in metrics
     assert "aiwm_work_in_progress 0.0" in metrics
     assert not (rig.tmp / "state" / "work.json").exists()
+    # After the turn's client reported its MCP servers, heartbeats tell the controller what the model can call.
+    wait_for(lambda: daemon.health()["mcp"]["servers"] == {"Builtin": "connected"}, 10, what="MCP connected")
+    wait_for(lambda: rig.ctl.heartbeats[-1]["mcpConnected"] is True, 5, what="mcpConnected reported")
+    last = rig.ctl.heartbeats[-1]
+    assert last["mcpConnected"] is True and set(TOOLS) <= set(last["availableFunctions"]), last
 
 
 def test_busy_heartbeat_follows_the_offer_within_a_second(rig: Rig) -> None:
