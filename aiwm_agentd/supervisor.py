@@ -309,7 +309,8 @@ class Supervisor:
                 # Applied even when only the token changed: MCP Authorization headers follow the token.
                 if self._ready:
                     self._apply(config, f"{event.why}: configuration applied")
-                self._finish_reloads()
+                if event.why != "heartbeat answer":  # a reload waits for its own reconnect
+                    self._finish_reloads()
             elif isinstance(event, ConnectFailed):
                 self._finish_reloads()
             elif isinstance(event, WorkOffered):

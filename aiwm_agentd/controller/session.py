@@ -21,14 +21,14 @@ import logging
 import random
 import time
 from collections import OrderedDict
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from aiwm_agentd.backoff import backoff_delay, jittered_interval
 from aiwm_agentd.controller.client import ControllerError, HeartbeatResult
-from aiwm_agentd.controller.wire import ControllerConfig
-from aiwm_agentd.controller.work import WorkOffer, ignored_task, parse_offer
+from aiwm_agentd.controller.wire import ControllerConfig, jwt_expiry, jwt_lifetime
+from aiwm_agentd.controller.work import WorkOffer, ignored_task, parse_offer, without_datetime
 from aiwm_agentd.metrics import Metrics
 from aiwm_agentd.oncelog import OnceLog
 
@@ -390,6 +390,9 @@ class ControllerSession:
             self._report_soon = False
             self._heartbeat_due = now
         events: list[Event] = [HeartbeatAnswered(result)]
+        updated = self._updates_from_answer(result.body, now)
+        if updated is not None:
+            events.append(updated)
         offer = parse_offer(result.body)
         if offer is not None and self.work is None and not self.sleeping and offer.key not in self._done_keys:
             events.append(WorkOffered(offer))
@@ -400,6 +403,35 @@ class ControllerSession:
                                "the controller sent a %r system task; nothing handles it yet (ignored)",
                                ignored_task(result.body))
         return events
+
+    def _updates_from_answer(self, body: Mapping[str, object], now: float) -> Connected | None:
+        """v6 answers may carry a new `token` (adopted as if a reconnect had returned it) and the current
+        `instruction` (applied when it changed, compared without its `Datetime:` line)."""
+        previous = self.controller
+        if previous is None:
+            return None
+        updated = previous
+        token = body.get("token")
+        if isinstance(token, str) and token and token != previous.token:
+            lifetime = jwt_lifetime(token, self._wall())
+            updated = replace(updated, token=token, lifetime=lifetime or updated.lifetime,
+                              expires_at=jwt_expiry(token) or updated.expires_at)
+            self._token_until = None
+            if lifetime:
+                self._token_until = now + max(REFRESH_FLOOR, lifetime - min(EXPIRY_SLACK, lifetime / 10))
+                self._schedule_connect(now + self._refresh_delay(updated), "token refresh")
+            self.token_refreshes += 1
+            self.metrics.token_refresh.inc()
+            log.info("heartbeat answer: adopted a new agent token from the controller")
+        instruction = body.get("instruction")
+        prompt = instruction.get("systemPrompt") if isinstance(instruction, Mapping) else None
+        if isinstance(prompt, str) and without_datetime(prompt) != without_datetime(previous.instruction):
+            updated = replace(updated, instruction=prompt)
+            log.info("heartbeat answer: the controller changed the instruction")
+        if updated is previous:
+            return None
+        self.controller = updated
+        return Connected(updated, previous, "heartbeat answer")
 
     def _heartbeat_failed(self, exc: ControllerError, status: str, now: float) -> None:
         self.metrics.heartbeat_failure.labels(exc.kind).inc()

@@ -83,6 +83,12 @@ def parse_offer(body: Mapping[str, Any]) -> WorkOffer | None:
     return None
 
 
+def without_datetime(prompt: str) -> str:
+    """An instruction without its `Datetime:` line: v6 re-renders the prompt (with the current time inside
+    `<runtime>`) for every heartbeat, which alone is no change."""
+    return "\n".join(line for line in prompt.splitlines() if not line.strip().startswith("Datetime:"))
+
+
 def ignored_task(body: Mapping[str, Any]) -> str:
     """The type of a reserved systemTask (inbox, alert) that is logged and ignored, else ""."""
     task = body.get("systemTask")

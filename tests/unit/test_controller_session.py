@@ -441,3 +441,33 @@ def test_reserved_system_tasks_are_ignored() -> None:
     h.connect_ok()
     events = h.answer(h.due_call(), HeartbeatResult({"success": True, "systemTask": {"type": "inbox"}}, "cid"))
     assert offered(events) == [] and isinstance(events[0], HeartbeatAnswered)
+
+
+def test_instruction_in_an_answer_is_applied_only_when_it_changed_beyond_its_datetime_line() -> None:
+    h = Harness()
+    s = h.start()
+    h.connect_ok(controller(instruction="Be brief.\n<runtime>\nDatetime: 2026-01-01 10:00\n</runtime>"))
+    same = {"instruction": {"id": "i", "systemPrompt": "Be brief.\n<runtime>\nDatetime: 2026-01-01 10:01\n</runtime>"}}
+    events = h.answer(h.due_call(), HeartbeatResult(same, "cid"))
+    assert [e for e in events if isinstance(e, Connected)] == []
+    changed = {"instruction": {"id": "i", "systemPrompt": "Be thorough.\nDatetime: 2026-01-01 10:02"}}
+    events = h.answer(h.due_call(), HeartbeatResult(changed, "cid"))
+    updates = [e for e in events if isinstance(e, Connected)]
+    assert len(updates) == 1 and updates[0].why == "heartbeat answer"
+    assert s.controller is not None and s.controller.instruction.startswith("Be thorough.")
+
+
+def test_token_in_an_answer_is_adopted_like_a_reconnect() -> None:
+    h = Harness()
+    s = h.start()
+    h.connect_ok(controller(lifetime=3600))
+    fresh = jwt({"iat": WALL + h.now, "exp": WALL + h.now + 7200})
+    events = h.answer(h.due_call(), HeartbeatResult({"success": True, "token": fresh}, "cid"))
+    updates = [e for e in events if isinstance(e, Connected)]
+    assert len(updates) == 1 and updates[0].controller.token == fresh
+    assert s.token == fresh and s.token_refreshes == 1
+    assert h.heartbeat(hb_ok()).token == fresh  # the next heartbeat uses it
+    # The refresh follows the new token's lifetime: 7200 - 600 s after it arrived, not the old schedule.
+    while (call := h.due_call()).kind == "heartbeat":
+        h.answer(call, hb_ok())
+    assert call.why == "token refresh" and h.now == pytest.approx(6600, abs=1)
