@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from aiwm_agentd import __version__, status
 from aiwm_agentd.config import (
@@ -35,7 +35,7 @@ from aiwm_agentd.config import (
     read_instruction_file,
 )
 from aiwm_agentd.controller.calls import CallRunner
-from aiwm_agentd.controller.client import ControllerClient, ControllerError, proxies_from_env
+from aiwm_agentd.controller.client import ControllerClient, ControllerError, HeartbeatResult, proxies_from_env
 from aiwm_agentd.controller.session import (
     Call,
     Connected,
@@ -53,8 +53,12 @@ from aiwm_agentd.metrics import Metrics
 from aiwm_agentd.notify import Notifier
 from aiwm_agentd.realtime.portal import SocketTarget, socket_target
 from aiwm_agentd.sampler import MetricsSampler
+from aiwm_agentd.status import iso as status_iso
 from aiwm_agentd.workers import ConversationKey, Reply
 from aiwm_agentd.workerset import WorkerFactory, WorkerSet, default_worker_factory
+
+if TYPE_CHECKING:
+    from aiwm_agentd.realtime.channel import AiwmChannel
 
 log = logging.getLogger("aiwm_agentd.supervisor")
 
@@ -63,6 +67,7 @@ EXIT_FORCED = 130
 STARTUP_BUDGET = 10.0  # READY=1 no later than this after start, whatever the controller does
 DISCONNECT_BUDGET = 2.0
 IDLE_WAIT_CAP = 60.0
+SOCKET_HEARTBEAT_TIMEOUT = 5.0  # an ack slower than this: the heartbeat goes over REST instead
 
 
 def session_settings(settings: DaemonSettings) -> SessionSettings:
@@ -281,9 +286,35 @@ class Supervisor:
             return
         payload = self._sampler.sample(self.workers.active_connections(), call.status == "busy")
         extra = self._mcp_report()
-        self.calls.start(call, client,
-                         lambda deadline: client.heartbeat(call.token, call.status, payload, deadline, extra),
-                         self.settings.request_timeout)
+        channel = self._channel()
+        if channel is None or not channel.socket_heartbeats:
+            self.calls.start(call, client,
+                             lambda deadline: client.heartbeat(call.token, call.status, payload, deadline, extra),
+                             self.settings.request_timeout)
+            return
+        status, body = call.status, {**extra, "metrics": payload}
+        if status == "busy" and self.session.sleeping and self.session.work is None and not self.workers.busy:
+            status = "sleep"  # the socket dialect (v6) knows it
+            body["sleep"] = {"reason": self.session.sleep_reason, "since": status_iso(self.session.sleep_since)}
+        body["status"] = status
+
+        def over_socket(deadline: float) -> HeartbeatResult:
+            """The socket first (ack with timeout); REST when the socket fails or refuses."""
+            try:
+                ack = channel.socket_heartbeat(body, min(SOCKET_HEARTBEAT_TIMEOUT, deadline - time.monotonic()))
+                if isinstance(ack, Mapping) and ack.get("success", True) is not False:
+                    return HeartbeatResult(ack, "socket")
+                log.debug("socket heartbeat refused (%s); using REST", str(ack)[:100])
+            except Exception as exc:
+                log.debug("socket heartbeat failed (%s); using REST", type(exc).__name__)
+            return client.heartbeat(call.token, call.status, payload, deadline, extra)
+
+        self.calls.start(call, client, over_socket, self.settings.request_timeout)
+
+    def _channel(self) -> AiwmChannel | None:
+        # By name: the channel module is imported only where the workers are built (workerset.py).
+        channel = next((w for w in self.workers.platforms if w.name == "aiwm"), None)
+        return cast("AiwmChannel | None", channel)
 
     def _mcp_report(self) -> dict[str, Any]:
         """v5+ heartbeats tell the truth about the model's MCP tools (the controller withholds work the

@@ -210,8 +210,11 @@ class PortalServer:
             self._heartbeats.append({**(copy.deepcopy(data) if isinstance(data, dict) else {}),
                                      "time": time.time()})
             reply: dict[str, Any] = {"success": True}
-            if self.heartbeat_replies and isinstance(data, dict) and data.get("status") == "idle":
+            idle = isinstance(data, dict) and data.get("status") == "idle"
+            if self.heartbeat_replies and idle:
                 reply.update(self.heartbeat_replies.pop(0))
+            elif idle and isinstance(data, dict) and self.controller.work.agent_can_work(data):
+                reply.update(self.controller.work.next_offer() or {})
         return reply
 
     # -- what tests and the admin routes do (any thread) -------------------------------------------------

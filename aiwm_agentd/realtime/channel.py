@@ -109,6 +109,7 @@ class AiwmChannel(PlatformWorker):
         self.answered = 0
         self.sent = 0
         self.last_error = ""
+        self._open: tuple[Any, str] | None = None  # (client, namespace) while the socket is open
 
     # -- configuration --------------------------------------------------------------------------------
 
@@ -177,6 +178,7 @@ class AiwmChannel(PlatformWorker):
                                  socketio_path=target.path, transports=["websocket"],
                                  wait_timeout=CONNECT_TIMEOUT)
             connected_at[0] = time.monotonic()
+            self._open = (client, ns)
             self.log.info("aiwm: portal socket open (%s)", target.dialect)
 
             def probe() -> tuple[HealthState, str]:
@@ -196,7 +198,26 @@ class AiwmChannel(PlatformWorker):
                 self._rt_control.socket_token_refused(target.token)
             raise
         finally:
+            self._open = None
             await self._bounded("closing the portal socket", client.disconnect())
+
+    # -- heartbeats over the socket (v6) ------------------------------------------------------------------
+
+    @property
+    def socket_heartbeats(self) -> bool:
+        """Whether heartbeats can go over the socket now (a v6 gateway with the socket open)."""
+        return self._open is not None and self._target is not None and self._target.dialect == "v6"
+
+    def socket_heartbeat(self, body: Mapping[str, Any], timeout: float) -> Any:
+        """`agent:heartbeat` with an ack (blocking; from the supervisor's call thread). Raises when the socket
+        is not open or the ack does not come within `timeout`: the caller falls back to REST."""
+        opened = self._open
+        if opened is None:
+            raise ConnectionError("the portal socket is not open")
+        client, ns = opened
+        future = self._loop_thread.submit(client.call("agent:heartbeat", dict(body), namespace=ns,
+                                                      timeout=max(0.1, timeout)))
+        return future.result(timeout + 0.5)
 
     # -- inbound ------------------------------------------------------------------------------------------
 

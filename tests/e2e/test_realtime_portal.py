@@ -129,11 +129,11 @@ def test_operator_commands_and_chat_commands(make_rig: Callable[..., Rig]) -> No
     assert rig.portal.command("sleep", conversation, reason="maintenance") == {"success": True, "status": "sleep"}
     wait_for(lambda: (rig.daemon.health().get("sleep") or {}).get("reason") == "maintenance", 5,
              what="sleep shown in /health")
-    wait_for(lambda: rig.ctl.heartbeats and rig.ctl.heartbeats[-1]["status"] == "busy", 5,
-             what="a sleeping agent reports busy over REST (no work offered)")
+    wait_for(lambda: rig.portal.heartbeats and rig.portal.heartbeats[-1]["status"] == "sleep", 5,
+             what="a sleeping agent reports sleep (v6 socket heartbeat)")
     assert rig.portal.command("wake", conversation) == {"success": True, "status": "idle"}
-    wait_for(lambda: rig.daemon.health().get("sleep") is None and rig.ctl.heartbeats[-1]["status"] == "idle", 5,
-             what="awake again")
+    wait_for(lambda: rig.daemon.health().get("sleep") is None and rig.portal.heartbeats[-1]["status"] == "idle",
+             5, what="awake again")
     assert rig.portal.command("stop", conversation)["success"] is True
     connects = rig.ctl.connects
     assert rig.portal.command("reload", conversation) == {"success": True}
@@ -159,3 +159,22 @@ def test_refused_token_reconnects_once_and_server_outage_degrades(make_rig: Call
     rig.portal.post("after the outage")
     wait_for(lambda: rig.replies(), TURN, what="chat resumes")
     assert rig.replies()[0]["content"] == "echo: after the outage"
+
+
+def test_v6_heartbeats_go_over_the_socket_and_fall_back_to_rest(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig("v6")
+    wait_for(lambda: len(rig.portal.heartbeats) >= 3, 10, what="heartbeats over the socket")
+    rest = len(rig.ctl.heartbeats)
+    wait_for(lambda: len(rig.portal.heartbeats) >= 6, 10, what="more socket heartbeats")
+    assert len(rig.ctl.heartbeats) <= rest + 1  # REST is the fallback only (one may have been in flight)
+    assert rig.portal.heartbeats[-1]["status"] == "idle" and isinstance(rig.portal.heartbeats[-1]["metrics"], dict)
+    rig.portal.command("sleep", reason="night")
+    wait_for(lambda: rig.portal.heartbeats[-1]["status"] == "sleep", 5, what="status sleep over the socket")
+    assert rig.portal.heartbeats[-1]["sleep"]["reason"] == "night"
+    rig.portal.command("wake")
+    wait_for(lambda: rig.portal.heartbeats[-1]["status"] == "idle", 5, what="idle again")
+    rig.portal.stop()
+    rest = len(rig.ctl.heartbeats)
+    wait_for(lambda: len(rig.ctl.heartbeats) >= rest + 3, 10, what="REST heartbeats while the socket is down")
+    rig.portal.start()
+    rig.wait_open()
