@@ -284,6 +284,10 @@ class Supervisor:
         if call.kind == "connect":
             self.calls.start(call, client, lambda deadline: client.connect(deadline), self.settings.request_timeout)
             return
+        if call.kind == "config":
+            self.calls.start(call, client, lambda deadline: client.fetch_config(call.token, deadline),
+                             self.settings.request_timeout)
+            return
         payload = self._sampler.sample(self.workers.active_connections(), call.status == "busy")
         extra = self._mcp_report()
         channel = self._channel()
@@ -340,7 +344,7 @@ class Supervisor:
                 # Applied even when only the token changed: MCP Authorization headers follow the token.
                 if self._ready:
                     self._apply(config, f"{event.why}: configuration applied")
-                if event.why != "heartbeat answer":  # a reload waits for its own reconnect
+                if event.why not in ("heartbeat answer", "config poll"):  # a reload waits for its own reconnect
                     self._finish_reloads()
             elif isinstance(event, ConnectFailed):
                 self._finish_reloads()
@@ -366,6 +370,7 @@ class Supervisor:
         elif changes:
             log.info("%s: %s", reason, "; ".join(changes))
         self.workers.apply(config, self._clock())
+        self.session.set_config_poll(config.claude.config_poll_interval, self._clock())
         return changes
 
     def _handle_reloads(self, now: float) -> None:

@@ -41,6 +41,7 @@ class ClaudeConfig:
     ws_namespace: str = ""
     ws_path: str = ""
     take_work: bool = False  # carry out work items offered in heartbeat answers
+    config_poll_interval: float = 300.0  # seconds between GET config polls while connected
 
 
 @dataclass(frozen=True)

@@ -145,6 +145,9 @@ CLAUDE_SETTINGS: tuple[Setting, ...] = (
     _claude("AIWM_TAKE_WORK", "take_work", p.parse_bool, False,
             "carry out work items the controller assigns (a Claude turn each, with its MCP tools)",
             flat="realtime_takeWork"),
+    _claude("AIWM_CONFIG_POLL_INTERVAL", "config_poll_interval", p.parse_seconds, 300.0,
+            "seconds between GET /agents/:id/config while connected, so portal changes arrive",
+            flat="realtime_configPollInterval"),
 )
 
 

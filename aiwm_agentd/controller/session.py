@@ -67,7 +67,7 @@ class SessionSettings:
 class Call:
     """A controller call the loop must run. `generation` ties its outcome to the settings it was made with."""
 
-    kind: Literal["connect", "heartbeat"]
+    kind: Literal["connect", "heartbeat", "config"]
     why: str
     generation: int
     token: str = ""
@@ -139,6 +139,10 @@ class ControllerSession:
         self.work_done = 0
         self._done_keys: OrderedDict[str, None] = OrderedDict()
         self._report_soon = False  # a status change waits for the heartbeat in flight, then goes at once
+        # GET /agents/:id/config every `config_poll_interval` s while connected (0 = never): instruction and
+        # tool changes made in the portal arrive without an operator, on controllers that push nothing.
+        self.config_poll_interval = 0.0
+        self._config_due: float | None = None
 
     # -- what the loop asks ----------------------------------------------------------------------
 
@@ -158,7 +162,8 @@ class ControllerSession:
         if self._in_flight is not None or self.state == "stopping":
             return None
         expiry = self._token_until if self.state == "connected" else None
-        dues = [d for d in (self._connect_due, self._heartbeat_due, expiry) if d is not None]
+        config_due = self._config_due if self.state == "connected" else None
+        dues = [d for d in (self._connect_due, self._heartbeat_due, expiry, config_due) if d is not None]
         return min(dues) if dues else None
 
     def next_call(self, now: float, busy: bool) -> Call | None:
@@ -175,6 +180,9 @@ class ControllerSession:
             # REST controllers know no `sleep` status: a sleeping agent reports `busy`, so no work is offered.
             status = "busy" if busy or self.sleeping or self.work is not None else self.heartbeat_enum
             call = Call("heartbeat", "heartbeat", self._generation, token=self.token, status=status)
+        elif self._config_due is not None and now >= self._config_due and self.state == "connected":
+            self._config_due = None
+            call = Call("config", "config poll", self._generation, token=self.token)
         self._in_flight = call
         return call
 
@@ -214,6 +222,13 @@ class ControllerSession:
     @property
     def sleeping(self) -> bool:
         return self.sleep_reason is not None
+
+    def set_config_poll(self, interval: float, now: float) -> None:
+        """Poll the configuration every `interval` s while connected (0 = off)."""
+        if interval == self.config_poll_interval:
+            return
+        self.config_poll_interval = interval
+        self._config_due = now + interval if interval > 0 and self.state == "connected" else None
 
     def set_sleep(self, sleeping: bool, reason: str, now: float) -> bool:
         """An operator's `sleep` / `wake`. Returns whether anything changed; a change is reported by a
@@ -281,6 +296,9 @@ class ControllerSession:
                 return self._connected(outcome, call.why, now)
             if isinstance(outcome, ControllerError):
                 return self._connect_failed(outcome, call.why, now)
+        elif call.kind == "config":
+            if isinstance(outcome, (ControllerConfig, ControllerError)):
+                return self._config_polled(outcome, now)
         else:
             if isinstance(outcome, HeartbeatResult):
                 return self._heartbeat_accepted(outcome, call.status, now)
@@ -309,6 +327,7 @@ class ControllerSession:
             self._token_until = now + max(REFRESH_FLOOR, life - min(EXPIRY_SLACK, life / 10))
         self._schedule_connect(now + self._refresh_delay(controller), "token refresh")
         self._heartbeat_due = now
+        self._config_due = now + self.config_poll_interval if self.config_poll_interval > 0 else None
         self._heartbeat_logged = False
         self._once.recovered("fallback", "connected to the controller again")
         self._once.recovered("connect", "")
@@ -403,6 +422,32 @@ class ControllerSession:
                                "the controller sent a %r system task; nothing handles it yet (ignored)",
                                ignored_task(result.body))
         return events
+
+    def _config_polled(self, outcome: ControllerConfig | ControllerError, now: float) -> list[Event]:
+        """A polled configuration: applied when it differs (the token is the session's, the answer has none)."""
+        if self.config_poll_interval > 0:
+            self._config_due = now + self.config_poll_interval
+        previous = self.controller
+        if isinstance(outcome, ControllerError):
+            if outcome.kind == "unauthorized":
+                self._token_lost("token refused (401)", now)
+            elif outcome.kind == "not_found":  # a controller without the endpoint (v1): stop asking
+                log.info("config poll: the controller has no GET /agents/:id/config (%s); not polling",
+                         outcome.describe())
+                self._config_due = None
+            else:
+                self._once.failure("config", outcome.signature, logging.WARNING,
+                                   "config poll failed: %s; will retry in %g s", outcome.describe(),
+                                   self.config_poll_interval)
+            return []
+        self._once.recovered("config", "config poll works again")
+        if previous is None or outcome.fingerprint() == previous.fingerprint():
+            return []
+        updated = replace(outcome, token=previous.token, lifetime=previous.lifetime,
+                          expires_at=previous.expires_at, wire_version=previous.wire_version)
+        self.controller = updated
+        log.info("config poll: the controller's configuration changed")
+        return [Connected(updated, previous, "config poll")]
 
     def _updates_from_answer(self, body: Mapping[str, object], now: float) -> Connected | None:
         """v6 answers may carry a new `token` (adopted as if a reconnect had returned it) and the current

@@ -471,3 +471,38 @@ def test_token_in_an_answer_is_adopted_like_a_reconnect() -> None:
     while (call := h.due_call()).kind == "heartbeat":
         h.answer(call, hb_ok())
     assert call.why == "token refresh" and h.now == pytest.approx(6600, abs=1)
+
+
+def test_config_poll_applies_a_changed_configuration_and_keeps_the_token() -> None:
+    h = Harness()
+    s = h.start()
+    s.set_config_poll(30.0, h.now)
+    original = h.connect_ok(controller(instruction="Be brief."))
+    h.heartbeat(hb_ok())
+    call = h.due_call()
+    assert call.kind == "config" and h.now == pytest.approx(30) and call.token == original.token
+    assert h.answer(call, controller(instruction="Be brief.", token="")) == []  # unchanged: nothing to apply
+    call = h.due_call()
+    while call.kind != "config":
+        h.answer(call, hb_ok())
+        call = h.due_call()
+    assert h.now == pytest.approx(60)
+    events = h.answer(call, parse_connect_response(
+        {"accessToken": "", "expiresIn": 0, "instruction": {"systemPrompt": "Be thorough.", "guidelines": []}},
+        now=WALL))
+    assert len(events) == 1 and isinstance(events[0], Connected) and events[0].why == "config poll"
+    assert s.controller is not None and s.controller.instruction == "Be thorough."
+    assert s.token == original.token  # the config endpoint carries no token: ours is kept
+
+
+def test_config_poll_off_by_default_and_a_401_reconnects() -> None:
+    h = Harness()
+    s = h.start()
+    h.connect_ok()
+    h.heartbeat(hb_ok())
+    assert (s.next_due() or 0) - h.now > 50  # only the next heartbeat: no poll
+    s.set_config_poll(10.0, h.now)
+    call = h.due_call()
+    assert call.kind == "config"
+    h.answer(call, error("unauthorized", 401))
+    assert s.state == "disconnected" and h.due_call().kind == "connect"
