@@ -46,7 +46,7 @@ from aiwm_agentd.controller.session import (
     WorkOffered,
 )
 from aiwm_agentd.controller.wire import ControllerConfig
-from aiwm_agentd.controller.work import WorkJournal, WorkOffer
+from aiwm_agentd.controller.work import WorkJournal, WorkOffer, parse_offer
 from aiwm_agentd.health import HealthServer
 from aiwm_agentd.logs import parse_level
 from aiwm_agentd.metrics import Metrics
@@ -59,6 +59,7 @@ from aiwm_agentd.workerset import WorkerFactory, WorkerSet, default_worker_facto
 
 if TYPE_CHECKING:
     from aiwm_agentd.realtime.channel import AiwmChannel
+    from aiwm_agentd.realtime.mcp_proxy import McpProxy
 
 log = logging.getLogger("aiwm_agentd.supervisor")
 
@@ -106,6 +107,9 @@ class Supervisor:
         self._socket_inputs: list[tuple[str, str]] = []
         self._work_journal = WorkJournal(settings.state_dir)
         self._work_declined_logged = False
+        self._mcp_proxy: McpProxy | None = None
+        self._proxy_token = ""
+        self._proxy_generation = 0
         self._health: HealthServer | None = None
         self._ready = False
         self._reloading = False  # RELOADING=1 sent; READY=1 follows when the reconnect ends
@@ -350,7 +354,8 @@ class Supervisor:
                 self._finish_reloads()
             elif isinstance(event, WorkOffered):
                 self._take_work(event.offer, now)
-            elif isinstance(event, HeartbeatAnswered) and event.result.notices:
+            elif (isinstance(event, HeartbeatAnswered) and event.result.notices
+                  and parse_offer(event.result.body) is None):  # offers are the session's and the log's above
                 notices = {k: str(v)[:200] for k, v in event.result.notices.items()}
                 log.info("controller notice with heartbeat: %s", notices)
 
@@ -358,7 +363,25 @@ class Supervisor:
 
     def _build_config(self, controller: ControllerConfig | None) -> AgentConfig:
         local = read_instruction_file(self.settings.instruction_file) if controller is None else None
-        return build_agent_config(self.env, controller, self.settings, local)
+        config = build_agent_config(self.env, controller, self.settings, local)
+        return self._through_mcp_proxy(config, controller)
+
+    def _through_mcp_proxy(self, config: AgentConfig, controller: ControllerConfig | None) -> AgentConfig:
+        """The controller's HTTP MCP servers reached through the loopback proxy (realtime/mcp_proxy.py)."""
+        servers = config.claude.mcp_servers
+        if controller is None or not config.claude.mcp_proxy or not servers:
+            return config
+        if self._mcp_proxy is None:
+            from aiwm_agentd.realtime.mcp_proxy import McpProxy
+
+            self._mcp_proxy = McpProxy(lambda: self.session.token or (self.session.controller.token
+                                                                      if self.session.controller else ""),
+                                       verify=self.settings.verify)
+            log.info("MCP servers are reached through the loopback proxy %s", self._mcp_proxy.url)
+        if controller.token != self._proxy_token:
+            self._proxy_token, self._proxy_generation = controller.token, self._proxy_generation + 1
+        claude = replace(config.claude, mcp_servers=self._mcp_proxy.rewrite(servers, self._proxy_generation))
+        return replace(config, claude=claude)
 
     def _apply(self, config: AgentConfig, reason: str) -> list[str]:
         changes = describe_changes(self.config, config)
@@ -471,6 +494,8 @@ class Supervisor:
         if token:
             self._disconnect(token, min(deadline, self._clock() + DISCONNECT_BUDGET))
         self._client.close()
+        if self._mcp_proxy is not None:
+            self._mcp_proxy.close()
         if self._health:
             self._health.stop()
         for future, _before in self._waiting_reloads:

@@ -185,7 +185,10 @@ class DevController:
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self.work = WorkQueue()  # assigned work: offered to idle v5 heartbeats, moved by the MCP tools
-        self.portal: Any = None  # a portal.PortalServer when the portal socket runs (admin routes reach it)
+        self.portal: Any = None
+        # The live upstream controller (hydra-services HEAD) answers MCP notifications with HTTP 400 "id should
+        # not be empty", which makes the Claude CLI mark the server failed: True plays that controller.
+        self.mcp_rejects_notifications = False  # a portal.PortalServer when the portal socket runs (admin routes reach it)
 
     # ----------------------------------------------------------------------------------------- lifecycle
 
@@ -708,6 +711,8 @@ class DevController:
                 "error": {"code": -32600, "message": "Invalid Request"},
             }
         if "id" not in body:
+            if self.mcp_rejects_notifications:
+                return 400, {"statusCode": 400, "message": ["id should not be empty"], "error": "Bad Request"}
             return 202, None  # a notification
         method, request_id = body.get("method"), body.get("id")
         raw_params = body.get("params")

@@ -42,6 +42,7 @@ class ClaudeConfig:
     ws_path: str = ""
     take_work: bool = False  # carry out work items offered in heartbeat answers
     config_poll_interval: float = 300.0  # seconds between GET config polls while connected
+    mcp_proxy: bool = True  # the controller's HTTP MCP servers through the loopback proxy (realtime/mcp_proxy.py)
 
 
 @dataclass(frozen=True)

@@ -148,6 +148,9 @@ CLAUDE_SETTINGS: tuple[Setting, ...] = (
     _claude("AIWM_CONFIG_POLL_INTERVAL", "config_poll_interval", p.parse_seconds, 300.0,
             "seconds between GET /agents/:id/config while connected, so portal changes arrive",
             flat="realtime_configPollInterval"),
+    _claude("AIWM_MCP_PROXY", "mcp_proxy", p.parse_bool, True,
+            "reach the controller's MCP servers through a loopback proxy (absorbs controller quirks)",
+            flat="realtime_mcpProxy"),
 )
 
 

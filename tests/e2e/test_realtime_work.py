@@ -209,3 +209,16 @@ def test_sigterm_mid_task_resumes_after_restart_and_finishes_once(rig: Rig) -> N
     assert 'aiwm_work_started_total{resumed="true"} 1.0' in second.metrics()
     assert rig.ctl.work.offers(work_id) == 1 and not rig.ctl.work.tripped
     assert not (rig.tmp / "state" / "work.json").exists()
+
+
+def test_upstream_mcp_quirk_rejecting_notifications(rig: Rig) -> None:
+    rig.ctl.controller.mcp_rejects_notifications = True
+    daemon = rig.start_daemon()
+    wait_for(lambda: rig.ctl.heartbeats, 10, what="a first heartbeat")
+    work_id = rig.ctl.work.assign("Write a haiku")
+    wait_for(lambda: rig.ctl.work.status(work_id) == "review", TURN, what="the work moved to review")
+    wait_for(lambda: daemon.health()["mcp"]["servers"] == {"Builtin": "connected"}, 10, what="MCP connected")
+    # The controller did reject the notification; the proxy answered it, so the CLI kept the server.
+    assert any(r["path"] == "/mcp" and r["status"] == 400 for r in rig.ctl.requests)
+    assert "the MCP proxy answers them itself" in daemon.output()
+    assert [c["agent"] for c in rig.calls("StartWork")] == [rig.ctl.agent_id]
