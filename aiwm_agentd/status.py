@@ -49,6 +49,7 @@ class StatusSnapshot:
     work_done: int = 0
     mcp_servers: Mapping[str, str] = field(default_factory=dict)  # as the CLI reported them; {} = not yet known
     mcp_tools: int = 0  # MCP tools the model can call
+    work_problem: str = ""  # the controller refused a work transition (viewer role): a configuration problem
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,8 @@ def assess(s: StatusSnapshot) -> Assessment:
             problems.append(f"{name}: {h.detail or h.state}")
         elif h.state == "degraded":
             degraded.append(f"{name}: {h.detail or 'degraded'}")
+    if s.work_problem:
+        degraded.append(f"work: {s.work_problem}")
     for server, state in s.mcp_servers.items():
         if state != "connected":
             degraded.append(f"MCP server {server} is {state}: the model has none of its tools")
@@ -119,7 +122,7 @@ def health_document(s: StatusSnapshot, now: float) -> dict[str, Any]:
         "sleep": None if s.sleep_reason is None else {"reason": s.sleep_reason, "since": iso(s.sleep_since)},
         "mcp": {"servers": dict(s.mcp_servers), "callable_tools": s.mcp_tools},
         "work": {"current": s.work_key or None, "title": s.work_title, "since": iso(s.work_since),
-                 "done": s.work_done},
+                 "done": s.work_done, "problem": s.work_problem or None},
         "workers": {name: {"state": h.state, "detail": h.detail, "alive": h.alive, **h.extra}
                     for name, h in s.workers},
     }

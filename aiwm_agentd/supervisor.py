@@ -470,7 +470,8 @@ class Supervisor:
             warnings=c.warnings, sleep_reason=s.sleep_reason, sleep_since=s.sleep_since,
             work_key=s.work.key if s.work else "", work_title=s.work.title if s.work else "",
             work_since=s.work_since, work_done=s.work_done, mcp_servers=self._mcp_state()[0],
-            mcp_tools=len(self._mcp_state()[1]))
+            mcp_tools=len(self._mcp_state()[1]),
+            work_problem=self._mcp_proxy.permission_problem if self._mcp_proxy else "")
 
     def _publish(self) -> None:
         self._core = self._make_core()

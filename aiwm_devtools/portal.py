@@ -56,6 +56,7 @@ class PortalServer:
         self._events: list[tuple[str, Any]] = []  # what the agent received, in order (for tests)
         self._agents: dict[str, str] = {}  # sid -> agent id (authenticated sockets)
         self._refused = 0
+        self._tokens: list[str] = []  # the token of every accepted socket, in order (tests: rotation)
         self._conversations: dict[str, str] = {}  # agent id -> its v4 conversation
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -168,6 +169,7 @@ class PortalServer:
         agent_id = str(claims.get("sub") or "")
         with self._lock:
             self._agents[sid] = agent_id
+            self._tokens.append(str(token))
             conversation = self._conversations.setdefault(agent_id, _object_id())
         if self.dialect == "v4":
             await self._sio.enter_room(sid, conversation, namespace=self.namespace)
@@ -281,6 +283,11 @@ class PortalServer:
     def connected(self) -> int:
         with self._lock:
             return len(self._agents)
+
+    @property
+    def accepted_tokens(self) -> list[str]:
+        with self._lock:
+            return list(self._tokens)
 
     @property
     def refused(self) -> int:

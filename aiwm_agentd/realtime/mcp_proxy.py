@@ -43,6 +43,7 @@ class McpProxy:
         self._http.trust_env = False
         self._verify = verify
         self.absorbed = 0  # notifications the controller rejected and the proxy answered
+        self.permission_problem = ""  # a tool call the controller refused for lack of permission (viewer role)
         self._absorbed_logged = False
         proxy = self
 
@@ -94,6 +95,27 @@ class McpProxy:
             self._absorbed_logged = True
             log.info("the controller's MCP server rejects notifications (HTTP %s on %s); the MCP proxy answers "
                      "them itself so the tools stay usable", status, method or "a notification")
+
+
+    def note_refused_tool(self, body: bytes, answer: bytes) -> None:
+        """A `tools/call` answered with a permission error: a configuration problem, reported once."""
+        try:
+            request, result = json.loads(body), json.loads(answer).get("result")
+        except (ValueError, AttributeError):
+            return
+        if not isinstance(result, dict) or not result.get("isError") or not isinstance(request, dict):
+            return
+        text = " ".join(str(c.get("text", "")) for c in result.get("content") or [] if isinstance(c, dict))
+        if "permission" not in text.lower() or self.permission_problem:
+            return
+        tool = str((request.get("params") or {}).get("name") or "a tool")
+        self.permission_problem = f"the controller refused {tool}: {text[:200]}"
+        log.error("%s; give the agent a role that may update work (e.g. organization.editor) on the controller",
+                  self.permission_problem)
+
+
+def _is_tool_call(body: bytes) -> bool:
+    return b'"tools/call"' in body
 
 
 def _notification_method(body: bytes) -> str | None:
@@ -157,6 +179,11 @@ class _ProxyHandler(BaseHTTPRequestHandler):
                 if key in response.headers:
                     self.send_header(key, response.headers[key])
             self.end_headers()
+            if _is_tool_call(body) and response.headers.get("content-type", "").startswith("application/json"):
+                answer = response.content[:MAX_BODY]  # a JSON answer is one small document: look at it
+                proxy.note_refused_tool(body, answer)
+                self.wfile.write(answer)
+                return
             try:
                 for chunk in response.iter_content(chunk_size=None):
                     self.wfile.write(chunk)

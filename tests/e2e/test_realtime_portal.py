@@ -27,10 +27,10 @@ pytestmark = pytest.mark.slow
 
 
 class Rig:
-    def __init__(self, tmp_path: Path, dialect: str, version: str = "v5") -> None:
+    def __init__(self, tmp_path: Path, dialect: str, version: str = "v5", token_ttl: float = 86400) -> None:
         self.anthropic = FakeAnthropic().start()
         self.anthropic.set_handler(self._reply)
-        self.ctl = FaultyController(version=version, bcrypt_rounds=4).start()
+        self.ctl = FaultyController(version=version, bcrypt_rounds=4, token_ttl=token_ttl).start()
         self.ctl.set_instruction("You are the portal agent.", [])
         self.portal = PortalServer(self.ctl.controller, dialect).start()
         env = dict(line.split("=", 1) for line in self.portal.env_lines())
@@ -63,8 +63,8 @@ class Rig:
 def make_rig(tmp_path: Path) -> Iterator[Callable[..., Rig]]:
     rigs: list[Rig] = []
 
-    def factory(dialect: str, version: str = "v5") -> Rig:
-        rig = Rig(tmp_path, dialect, version)
+    def factory(dialect: str, version: str = "v5", token_ttl: float = 86400) -> Rig:
+        rig = Rig(tmp_path, dialect, version, token_ttl)
         rigs.append(rig)
         rig.daemon.wait_ready()
         rig.wait_open()
@@ -178,3 +178,15 @@ def test_v6_heartbeats_go_over_the_socket_and_fall_back_to_rest(make_rig: Callab
     wait_for(lambda: len(rig.ctl.heartbeats) >= rest + 3, 10, what="REST heartbeats while the socket is down")
     rig.portal.start()
     rig.wait_open()
+
+
+def test_token_rotation_reopens_the_socket_with_the_new_token(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig("v5", token_ttl=5)  # refreshed 4.5 s after each connect
+    first = rig.portal.accepted_tokens
+    connects = rig.ctl.connects
+    wait_for(lambda: rig.ctl.connects > connects and len(rig.portal.accepted_tokens) > len(first)
+             and rig.portal.connected == 1, 15, what="a token refresh and the socket reopened")
+    tokens = rig.portal.accepted_tokens
+    assert tokens[-1] != first[-1] and rig.portal.refused == 0  # reopened with the new JWT, never refused
+    rig.portal.post("after the rotation")
+    wait_for(lambda: rig.replies(), TURN, what="chat after the rotation")

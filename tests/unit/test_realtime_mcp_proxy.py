@@ -60,3 +60,19 @@ def test_a_rejected_notification_is_absorbed_and_other_errors_pass_through(ctl: 
         assert proxy.absorbed == 1
     finally:
         proxy.close()
+
+
+def test_a_refused_work_transition_is_reported_once(ctl: DevController) -> None:
+    ctl.work.read_only = True  # the viewer role
+    work_id = ctl.work.assign("t")
+    proxy = McpProxy(ctl.issue_token)
+    try:
+        spec = proxy.rewrite(servers(ctl), generation=1)["Builtin"]
+        assert isinstance(spec, dict)
+        call = {"jsonrpc": "2.0", "id": 5, "method": "tools/call",
+                "params": {"name": "StartWork", "arguments": {"workId": work_id}}}
+        r = requests.post(spec["url"], json=call, headers=spec["headers"], timeout=5)
+        assert r.status_code == 200 and r.json()["result"]["isError"] is True  # the model still gets the answer
+        assert proxy.permission_problem.startswith("the controller refused StartWork: You do not have permission")
+    finally:
+        proxy.close()
