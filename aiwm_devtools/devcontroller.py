@@ -185,10 +185,10 @@ class DevController:
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self.work = WorkQueue()  # assigned work: offered to idle v5 heartbeats, moved by the MCP tools
-        self.portal: Any = None
+        self.portal: Any = None  # a portal.PortalServer when the portal socket runs (admin routes reach it)
         # The live upstream controller (hydra-services HEAD) answers MCP notifications with HTTP 400 "id should
         # not be empty", which makes the Claude CLI mark the server failed: True plays that controller.
-        self.mcp_rejects_notifications = False  # a portal.PortalServer when the portal socket runs (admin routes reach it)
+        self.mcp_rejects_notifications = False
 
     # ----------------------------------------------------------------------------------------- lifecycle
 
