@@ -41,6 +41,17 @@ class Metrics:
                                   registry=r)
         self.busy = Gauge("aiwm_agent_busy", "1 while any Claude turn runs", registry=r)
         self.worker_up = Gauge("aiwm_worker_up", "1 when the worker is healthy", ["worker"], registry=r)
+        # Assigned work (controller/work.py): every outcome has a 0 sample from the first scrape.
+        self.work_started = Counter("aiwm_work_started", "Work items and reminders started as a Claude turn",
+                                    ["resumed"], registry=r)
+        self.work_finished = Counter("aiwm_work_finished", "Work turns that ended", ["outcome"], registry=r)
+        self.work_declined = Counter("aiwm_work_declined", "Work offers not taken (AIWM_TAKE_WORK off, no runner)",
+                                     registry=r)
+        self.work_in_progress = Gauge("aiwm_work_in_progress", "1 while an assigned task runs", registry=r)
+        for resumed in ("false", "true"):
+            self.work_started.labels(resumed)
+        for outcome in ("ok", "error"):
+            self.work_finished.labels(outcome)
         self.info = Info("aiwm_agentd", "Build and controller information", registry=r)
         self.info.info({"version": __version__, "controller_version": ""})
         ProcessCollector(registry=r)

@@ -8,7 +8,8 @@ views cannot disagree.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -40,6 +41,15 @@ class StatusSnapshot:
     workers: tuple[tuple[str, WorkerHealth], ...] = ()
     busy: bool = False
     queue_depth: int = 0
+    sleep_reason: str | None = None  # an operator put the agent to sleep (portal `agent:command sleep`)
+    sleep_since: float | None = None
+    work_key: str = ""  # the assigned task in progress ("" = none)
+    work_title: str = ""
+    work_since: float | None = None
+    work_done: int = 0
+    mcp_servers: Mapping[str, str] = field(default_factory=dict)  # as the CLI reported them; {} = not yet known
+    mcp_tools: int = 0  # MCP tools the model can call
+    work_problem: str = ""  # the controller refused a work transition (viewer role): a configuration problem
 
 
 @dataclass(frozen=True)
@@ -63,6 +73,11 @@ def assess(s: StatusSnapshot) -> Assessment:
             problems.append(f"{name}: {h.detail or h.state}")
         elif h.state == "degraded":
             degraded.append(f"{name}: {h.detail or 'degraded'}")
+    if s.work_problem:
+        degraded.append(f"work: {s.work_problem}")
+    for server, state in s.mcp_servers.items():
+        if state != "connected":
+            degraded.append(f"MCP server {server} is {state}: the model has none of its tools")
     return Assessment(not problems and s.state != "stopping", tuple(problems), tuple(degraded))
 
 
@@ -104,6 +119,10 @@ def health_document(s: StatusSnapshot, now: float) -> dict[str, Any]:
                    "warnings": list(s.warnings)},
         "busy": s.busy,
         "queue_depth": s.queue_depth,
+        "sleep": None if s.sleep_reason is None else {"reason": s.sleep_reason, "since": iso(s.sleep_since)},
+        "mcp": {"servers": dict(s.mcp_servers), "callable_tools": s.mcp_tools},
+        "work": {"current": s.work_key or None, "title": s.work_title, "since": iso(s.work_since),
+                 "done": s.work_done, "problem": s.work_problem or None},
         "workers": {name: {"state": h.state, "detail": h.detail, "alive": h.alive, **h.extra}
                     for name, h in s.workers},
     }
@@ -123,6 +142,9 @@ def chat_summary(s: StatusSnapshot, now: float) -> dict[str, Any]:
         "config_source": s.config_source,
         "queue_depth": s.queue_depth,
         "busy": s.busy,
+        **({"sleeping": s.sleep_reason} if s.sleep_reason is not None else {}),
+        **({"work": f"{s.work_title or s.work_key} (since {iso(s.work_since)})"} if s.work_key else {}),
+        **({"mcp": ", ".join(f"{k} {v}" for k, v in s.mcp_servers.items())} if s.mcp_servers else {}),
     }
 
 

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
-from typing import Protocol
+from typing import Protocol, cast
 
 from aiwm_agentd.backoff import backoff_delay
 from aiwm_agentd.config import AgentConfig
@@ -36,16 +36,23 @@ WorkerFactory = Callable[[AgentConfig, DaemonControl], tuple[RunnerWorker, list[
 
 
 def default_worker_factory(config: AgentConfig, control: DaemonControl) -> tuple[RunnerWorker, list[Worker]]:
-    """The Claude runner and the platform bots, imported only when a platform is configured."""
+    """The Claude runner, the platform bots and the AIWM portal channel (when the control can tell it where
+    the socket is), imported only when one of them is configured."""
     from aiwm_agentd.platforms import build_platform_workers
     from aiwm_agentd.runner import ClaudeRunner
 
     runner = ClaudeRunner(config)
-    return runner, build_platform_workers(config, runner, control)
+    workers = build_platform_workers(config, runner, control)
+    if hasattr(control, "socket_target"):
+        from aiwm_agentd.realtime.channel import AiwmChannel, RealtimeControl
+
+        workers.append(AiwmChannel(config, runner, cast(RealtimeControl, control)))
+    return runner, workers
 
 
 def needs_workers(config: AgentConfig) -> bool:
-    return config.discord.enabled or config.telegram.enabled
+    return (config.discord.enabled or config.telegram.enabled or config.claude.realtime
+            or config.claude.take_work)
 
 
 class WorkerSet:

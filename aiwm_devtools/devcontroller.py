@@ -50,6 +50,8 @@ from urllib.parse import urlsplit
 
 import bcrypt
 
+from aiwm_devtools.workqueue import WorkQueue, tool_definitions
+
 LOG = logging.getLogger("aiwm_agentd.devcontroller")
 
 WIRE_VERSIONS = ("v1", "v2", "v3", "v4", "v5")
@@ -182,6 +184,11 @@ class DevController:
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
+        self.work = WorkQueue()  # assigned work: offered to idle v5 heartbeats, moved by the MCP tools
+        self.portal: Any = None  # a portal.PortalServer when the portal socket runs (admin routes reach it)
+        # The live upstream controller (hydra-services HEAD) answers MCP notifications with HTTP 400 "id should
+        # not be empty", which makes the Claude CLI mark the server failed: True plays that controller.
+        self.mcp_rejects_notifications = False
 
     # ----------------------------------------------------------------------------------------- lifecycle
 
@@ -644,10 +651,14 @@ class DevController:
                     "time": time.time(),
                     "correlation_id": correlation_id,
                     "path": path,
+                    "mcpConnected": body.get("mcpConnected"),
+                    "availableFunctions": copy.deepcopy(body.get("availableFunctions")),
                 }
             )
             if version == "v5" and status == "idle" and self._heartbeat_replies:
                 reply.update(self._heartbeat_replies.pop(0))
+            elif version == "v5" and status == "idle" and self.work.agent_can_work(body):
+                reply.update(self.work.next_offer() or {})
         return self._post_status(), reply
 
     def handle_disconnect(self, agent_id: str, body: Any, authorization: str | None) -> tuple[int, Any]:
@@ -692,7 +703,7 @@ class DevController:
     def handle_mcp(self, body: Any, authorization: str | None) -> tuple[int, Any]:
         """A minimal MCP (streamable HTTP, JSON answers) Builtin server with no tools, so that clients
         given `mcpServers.Builtin` find something there. Requires a valid agent token."""
-        self._authenticate(authorization)
+        agent_id = self._authenticate(authorization)
         if isinstance(body, list) or not isinstance(body, dict) or body.get("jsonrpc") != "2.0":
             return 400, {
                 "jsonrpc": "2.0",
@@ -700,6 +711,8 @@ class DevController:
                 "error": {"code": -32600, "message": "Invalid Request"},
             }
         if "id" not in body:
+            if self.mcp_rejects_notifications:
+                return 400, {"statusCode": 400, "message": ["id should not be empty"], "error": "Bad Request"}
             return 202, None  # a notification
         method, request_id = body.get("method"), body.get("id")
         raw_params = body.get("params")
@@ -712,13 +725,52 @@ class DevController:
                 "serverInfo": {"name": "Builtin (aiwm dev controller)", "version": "0.0.0"},
             }
         elif method == "tools/list":
-            result = {"tools": []}
+            result = {"tools": tool_definitions()}
+        elif method == "tools/call":
+            ok, text = self.work.call_tool(str(params.get("name") or ""), params.get("arguments"), agent_id)
+            result = {"content": [{"type": "text", "text": text}], "isError": not ok}
         elif method == "ping":
             result = {}
         else:
             error = {"code": -32601, "message": f"Method not found: {method}"}
             return 200, {"jsonrpc": "2.0", "id": request_id, "error": error}
         return 200, {"jsonrpc": "2.0", "id": request_id, "result": result}
+
+    def _check_admin(self, authorization: str | None) -> None:
+        given = authorization[7:].strip() if authorization and authorization.lower().startswith("bearer ") else ""
+        if not given or not hmac.compare_digest(given.encode(), self.admin_token.encode()):
+            raise _ApiError(401, "Unauthorized")
+
+    def handle_dev_work(self, body: Any, authorization: str | None) -> tuple[int, Any]:
+        """Admin: `POST /dev/work {title, priorityLevel?}` assigns a work item (offered to the next idle
+        heartbeat of a v5 agent)."""
+        self._check_admin(authorization)
+        if not isinstance(body, dict) or not isinstance(body.get("title"), str) or not body["title"].strip():
+            raise _ApiError(400, "Validation failed", ["title must be a non-empty string"])
+        priority = body.get("priorityLevel", 2)
+        if not isinstance(priority, int) or isinstance(priority, bool) or not 1 <= priority <= 5:
+            raise _ApiError(400, "Validation failed", ["priorityLevel must be an integer from 1 to 5"])
+        return 201, {"success": True, "workId": self.work.assign(body["title"].strip(), priority)}
+
+    def handle_dev_portal(self, action: str, body: Any, authorization: str | None) -> tuple[int, Any]:
+        """Admin: `POST /dev/portal/message {content, conversationId?}` types a portal message;
+        `POST /dev/portal/command {type, conversationId?, reason?}` sends an operator command."""
+        self._check_admin(authorization)
+        portal = self.portal
+        if portal is None:
+            raise _ApiError(404, "the portal socket is not running")
+        body = body if isinstance(body, dict) else {}
+        try:
+            if action == "message" and isinstance(body.get("content"), str):
+                conversation = body.get("conversationId") or None
+                return 201, {"success": True, "messageId": portal.post(body["content"], conversation)}
+            if action == "command" and isinstance(body.get("type"), str):
+                ack = portal.command(body["type"], str(body.get("conversationId") or ""),
+                                     str(body.get("reason") or ""))
+                return 201, {"success": True, "ack": ack}
+        except (RuntimeError, TimeoutError) as exc:
+            raise _ApiError(409, str(exc) or "the agent did not answer") from None
+        raise _ApiError(400, "Validation failed", ["message needs content; command needs type"])
 
     def _post_status(self) -> int:
         return 200 if self.version == "v1" else 201
@@ -842,6 +894,10 @@ class _Handler(BaseHTTPRequestHandler):
             return controller.handle_regenerate(parts[1], auth)
         if method == "GET" and len(parts) == 3 and parts[0] == "agents" and parts[2] == "config" and version != "v1":
             return controller.handle_config(parts[1], auth)
+        if method == "POST" and parts == ["dev", "work"]:
+            return controller.handle_dev_work(self._json_body(), auth)
+        if method == "POST" and parts[:2] == ["dev", "portal"] and len(parts) == 3:
+            return controller.handle_dev_portal(parts[2], self._json_body(), auth)
         if parts == ["mcp"] and method == "POST":
             return controller.handle_mcp(self._json_body(), auth)
         if parts == ["mcp"] and method == "GET":
@@ -935,6 +991,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--secret", help="agent secret (default: random 32-byte hex)")
     parser.add_argument("--token-ttl", type=float, default=86400.0, help="JWT lifetime in seconds (default 86400)")
     parser.add_argument("--agent-name", default="Dev Agent", help="agent name (default 'Dev Agent')")
+    parser.add_argument(
+        "--portal", choices=("off", "v4", "v5", "v6"), default=None,
+        help="portal socket dialect (default: v4 for a v4 controller, v5 for v5, off for older)",
+    )
     parser.add_argument("--env-out", metavar="PATH", help="also write the agent env lines to PATH (mode 0600)")
     parser.add_argument(
         "--spawn-agent",
@@ -992,6 +1052,20 @@ def main(args: argparse.Namespace) -> int:
     code = 0
     try:
         lines = controller.env_lines()
+        portal_dialect = args.portal or {"v4": "v4", "v5": "v5"}.get(controller.version, "off")
+        if portal_dialect != "off":
+            from aiwm_devtools.portal import PortalServer
+
+            controller.portal = PortalServer(controller, portal_dialect, host=args.host).start()
+            lines += controller.portal.env_lines()
+            base = f"curl -s -H 'Authorization: Bearer {controller.admin_token}' {controller.url}/dev/portal"
+            LOG.info("portal socket (%s) on %s%s namespace %s", portal_dialect, controller.portal.url,
+                     controller.portal.path, controller.portal.namespace)
+            LOG.info("post a portal message:  %s/message -d '{\"content\": \"hello\"}'", base)
+            LOG.info("operator command:       %s/command -d '{\"type\": \"inspect\"}'", base)
+        if controller.version == "v5":
+            LOG.info("assign a work item:     curl -s -H 'Authorization: Bearer %s' %s/dev/work "
+                     "-d '{\"title\": \"Write a haiku\"}'", controller.admin_token, controller.url)
         print("\n".join(lines), flush=True)
         LOG.info(
             "AIWM %s controller listening on %s (agent %s)",
@@ -1022,6 +1096,8 @@ def main(args: argparse.Namespace) -> int:
     finally:
         if child is not None and child.poll() is None:
             _terminate(child)
+        if controller.portal is not None:
+            controller.portal.stop()
         controller.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -35,6 +35,14 @@ class ClaudeConfig:
     turn_timeout: float
     max_clients: int
     queue_limit: int  # messages waiting or running per conversation; more are refused with a reply
+    # The AIWM portal socket (realtime/): off by default; "" = derive from the controller URL and version.
+    realtime: bool = False
+    ws_url: str = ""
+    ws_namespace: str = ""
+    ws_path: str = ""
+    take_work: bool = False  # carry out work items offered in heartbeat answers
+    config_poll_interval: float = 300.0  # seconds between GET config polls while connected
+    mcp_proxy: bool = True  # the controller's HTTP MCP servers through the loopback proxy (realtime/mcp_proxy.py)
 
 
 @dataclass(frozen=True)

@@ -131,6 +131,26 @@ CLAUDE_SETTINGS: tuple[Setting, ...] = (
     _claude("CLAUDE_MAX_CLIENTS", "max_clients", p.parse_positive_int, 4, "CLI processes kept warm"),
     _claude("CLAUDE_QUEUE_LIMIT", "queue_limit", p.parse_positive_int, 10,
             "messages waiting or running per conversation"),
+    # The AIWM portal socket (read with the agent's snapshot, so the controller's settings can set it too).
+    _claude("AIWM_REALTIME", "realtime", p.parse_bool, False,
+            "open the AIWM portal socket: portal chat and operator commands", flat="realtime_enabled"),
+    _claude("AIWM_WS_URL", "ws_url", p.parse_http_url, "",
+            "the socket server's http(s) origin (default: the controller's)",
+            flat="realtime_wsUrl"),
+    _claude("AIWM_WS_NAMESPACE", "ws_namespace", p.parse_text, "",
+            "the socket namespace (default by controller version: /ws for v4, /ws/chat for v5+, / for v6)",
+            flat="realtime_wsNamespace"),
+    _claude("AIWM_WS_PATH", "ws_path", p.parse_text, "", "the Socket.IO path (default /socket.io)",
+            flat="realtime_wsPath"),
+    _claude("AIWM_TAKE_WORK", "take_work", p.parse_bool, False,
+            "carry out work items the controller assigns (a Claude turn each, with its MCP tools)",
+            flat="realtime_takeWork"),
+    _claude("AIWM_CONFIG_POLL_INTERVAL", "config_poll_interval", p.parse_seconds, 300.0,
+            "seconds between GET /agents/:id/config while connected, so portal changes arrive",
+            flat="realtime_configPollInterval"),
+    _claude("AIWM_MCP_PROXY", "mcp_proxy", p.parse_bool, True,
+            "reach the controller's MCP servers through a loopback proxy (absorbs controller quirks)",
+            flat="realtime_mcpProxy"),
 )
 
 

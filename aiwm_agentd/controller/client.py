@@ -184,10 +184,12 @@ class ControllerClient:
         return config
 
     def heartbeat(self, token: str, status: str, metrics: Mapping[str, Any],
-                  deadline: float | None = None) -> HeartbeatResult:
+                  deadline: float | None = None, extra: Mapping[str, Any] | None = None) -> HeartbeatResult:
+        """`extra`: v5+ top-level fields (`mcpConnected`, `availableFunctions`); older controllers may
+        reject unknown fields, so the caller sends them only to controllers that know them."""
         body, cid = self._call(
             "POST", f"/agents/{self.agent_id}/heartbeat", "heartbeat", token=token,
-            json_body={"status": status, "metrics": dict(metrics)}, deadline=deadline,
+            json_body={**dict(extra or {}), "status": status, "metrics": dict(metrics)}, deadline=deadline,
         )
         return HeartbeatResult(body if isinstance(body, Mapping) else {}, cid)
 

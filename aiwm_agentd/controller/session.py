@@ -20,19 +20,22 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from aiwm_agentd.backoff import backoff_delay, jittered_interval
 from aiwm_agentd.controller.client import ControllerError, HeartbeatResult
-from aiwm_agentd.controller.wire import ControllerConfig
+from aiwm_agentd.controller.wire import ControllerConfig, jwt_expiry, jwt_lifetime
+from aiwm_agentd.controller.work import WorkOffer, ignored_task, parse_offer, without_datetime
 from aiwm_agentd.metrics import Metrics
 from aiwm_agentd.oncelog import OnceLog
 
 log = logging.getLogger("aiwm_agentd.controller.session")
 
 State = Literal["connecting", "connected", "fallback", "disconnected", "suspended", "deleted", "stopping"]
+DONE_KEYS = 200  # finished task keys remembered, so an offer repeated after the turn is not started again
 REFRESH_MARGIN = 600.0  # refresh this long before the token's lifetime ends (at most a tenth of it)
 REFRESH_FLOOR = 1.0  # never refresh sooner than this after a connect, whatever the token says
 EXPIRY_SLACK = 5.0  # a token this close to its end is not used for another call
@@ -64,7 +67,7 @@ class SessionSettings:
 class Call:
     """A controller call the loop must run. `generation` ties its outcome to the settings it was made with."""
 
-    kind: Literal["connect", "heartbeat"]
+    kind: Literal["connect", "heartbeat", "config"]
     why: str
     generation: int
     token: str = ""
@@ -89,7 +92,15 @@ class HeartbeatAnswered:
     result: HeartbeatResult
 
 
-Event = Connected | ConnectFailed | HeartbeatAnswered
+@dataclass(frozen=True)
+class WorkOffered:
+    """A heartbeat answer offered a task this session has not started: the loop decides to take it
+    (`work_started`) or not."""
+
+    offer: WorkOffer
+
+
+Event = Connected | ConnectFailed | HeartbeatAnswered | WorkOffered
 Outcome = ControllerConfig | HeartbeatResult | ControllerError
 
 
@@ -119,6 +130,19 @@ class ControllerSession:
         self._refused_in_row = 0  # 401s since the last accepted heartbeat
         self._in_flight: Call | None = None
         self._heartbeat_logged = False
+        # An operator's `sleep` (portal agent:command): take no work; the controller is told at once.
+        self.sleep_reason: str | None = None
+        self.sleep_since: float | None = None  # wall time
+        # Assigned work: the task in progress (reported `busy` until it ends) and the keys already done.
+        self.work: WorkOffer | None = None
+        self.work_since: float | None = None  # wall time
+        self.work_done = 0
+        self._done_keys: OrderedDict[str, None] = OrderedDict()
+        self._report_soon = False  # a status change waits for the heartbeat in flight, then goes at once
+        # GET /agents/:id/config every `config_poll_interval` s while connected (0 = never): instruction and
+        # tool changes made in the portal arrive without an operator, on controllers that push nothing.
+        self.config_poll_interval = 0.0
+        self._config_due: float | None = None
 
     # -- what the loop asks ----------------------------------------------------------------------
 
@@ -138,7 +162,8 @@ class ControllerSession:
         if self._in_flight is not None or self.state == "stopping":
             return None
         expiry = self._token_until if self.state == "connected" else None
-        dues = [d for d in (self._connect_due, self._heartbeat_due, expiry) if d is not None]
+        config_due = self._config_due if self.state == "connected" else None
+        dues = [d for d in (self._connect_due, self._heartbeat_due, expiry, config_due) if d is not None]
         return min(dues) if dues else None
 
     def next_call(self, now: float, busy: bool) -> Call | None:
@@ -152,8 +177,12 @@ class ControllerSession:
             call = Call("connect", self._connect_why, self._generation)
         elif self._heartbeat_due is not None and now >= self._heartbeat_due and self.state == "connected":
             self._heartbeat_due = None
-            status = "busy" if busy else self.heartbeat_enum
+            # REST controllers know no `sleep` status: a sleeping agent reports `busy`, so no work is offered.
+            status = "busy" if busy or self.sleeping or self.work is not None else self.heartbeat_enum
             call = Call("heartbeat", "heartbeat", self._generation, token=self.token, status=status)
+        elif self._config_due is not None and now >= self._config_due and self.state == "connected":
+            self._config_due = None
+            call = Call("config", "config poll", self._generation, token=self.token)
         self._in_flight = call
         return call
 
@@ -190,6 +219,67 @@ class ControllerSession:
             self._heartbeat_due = now
         self._schedule_connect(now, why)
 
+    @property
+    def sleeping(self) -> bool:
+        return self.sleep_reason is not None
+
+    def set_config_poll(self, interval: float, now: float) -> None:
+        """Poll the configuration every `interval` s while connected (0 = off)."""
+        if interval == self.config_poll_interval:
+            return
+        self.config_poll_interval = interval
+        self._config_due = now + interval if interval > 0 and self.state == "connected" else None
+
+    def set_sleep(self, sleeping: bool, reason: str, now: float) -> bool:
+        """An operator's `sleep` / `wake`. Returns whether anything changed; a change is reported by a
+        heartbeat at once (not at the next interval), so the controller stops or resumes offering work now."""
+        if sleeping == self.sleeping:
+            return False
+        self.sleep_reason = (reason or "operator request") if sleeping else None
+        self.sleep_since = self._wall() if sleeping else None
+        log.info("%s by an operator%s", "sleeping" if sleeping else "awake again",
+                 f" ({reason[:100]})" if reason else "")
+        self._report_now(now)
+        return True
+
+    def work_started(self, offer: WorkOffer, now: float) -> None:
+        """The loop took `offer` (or resumed it after a restart): `busy` goes to the controller at once."""
+        self.work = offer
+        self.work_since = self._wall()
+        self._report_now(now)
+
+    def work_finished(self, key: str, now: float) -> bool:
+        """The turn of task `key` ended: never start it again, and report `idle` at once."""
+        if self.work is None or self.work.key != key:
+            return False
+        self.work, self.work_since = None, None
+        self.work_done += 1
+        self._remember_done(key)
+        self._report_now(now)
+        return True
+
+    def _remember_done(self, key: str) -> None:
+        self._done_keys[key] = None
+        while len(self._done_keys) > DONE_KEYS:
+            self._done_keys.popitem(last=False)
+
+    def _report_now(self, now: float) -> None:
+        """A heartbeat now (status changed), or right after the one in flight."""
+        if self._in_flight is not None and self._in_flight.kind == "heartbeat":
+            self._report_soon = True
+        elif self.state == "connected":
+            self._heartbeat_due = now
+
+    def socket_refused(self, token: str, now: float) -> bool:
+        """The portal socket refused `token` (accepted, then disconnected at once): like a heartbeat 401,
+        reconnect for a fresh token, but only when `token` is still the current one (one reconnect per
+        refused token, never a loop)."""
+        if self.state != "connected" or not token or token != self.token:
+            return False
+        log.warning("the portal socket refused the agent token; reconnecting to the controller")
+        self._token_lost("portal socket refused the token (401)", now)
+        return True
+
     def stop(self) -> None:
         self._set_state("stopping")
         self._connect_due = self._heartbeat_due = None
@@ -206,11 +296,17 @@ class ControllerSession:
                 return self._connected(outcome, call.why, now)
             if isinstance(outcome, ControllerError):
                 return self._connect_failed(outcome, call.why, now)
+        elif call.kind == "config":
+            if isinstance(outcome, (ControllerConfig, ControllerError)):
+                return self._config_polled(outcome, now)
         else:
             if isinstance(outcome, HeartbeatResult):
                 return self._heartbeat_accepted(outcome, call.status, now)
             if isinstance(outcome, ControllerError):
                 self._heartbeat_failed(outcome, call.status, now)
+                if self._report_soon and self._heartbeat_due is not None:
+                    self._report_soon = False
+                    self._heartbeat_due = min(self._heartbeat_due, now)
                 return []
         raise TypeError(f"a {call.kind} call cannot end with {type(outcome).__name__}")
 
@@ -231,6 +327,7 @@ class ControllerSession:
             self._token_until = now + max(REFRESH_FLOOR, life - min(EXPIRY_SLACK, life / 10))
         self._schedule_connect(now + self._refresh_delay(controller), "token refresh")
         self._heartbeat_due = now
+        self._config_due = now + self.config_poll_interval if self.config_poll_interval > 0 else None
         self._heartbeat_logged = False
         self._once.recovered("fallback", "connected to the controller again")
         self._once.recovered("connect", "")
@@ -308,7 +405,78 @@ class ControllerSession:
                 self.settings.heartbeat_interval, result.correlation_id)
         self._heartbeat_logged = True
         self._heartbeat_due = now + jittered_interval(self.settings.heartbeat_interval, rng=self._rng)
-        return [HeartbeatAnswered(result)]
+        if self._report_soon:
+            self._report_soon = False
+            self._heartbeat_due = now
+        events: list[Event] = [HeartbeatAnswered(result)]
+        updated = self._updates_from_answer(result.body, now)
+        if updated is not None:
+            events.append(updated)
+        offer = parse_offer(result.body)
+        if offer is not None and self.work is None and not self.sleeping and offer.key not in self._done_keys:
+            events.append(WorkOffered(offer))
+        elif offer is not None:
+            log.debug("work offer %s not taken (in progress, done or sleeping)", offer.key)
+        elif ignored_task(result.body):
+            self._once.failure("task", ignored_task(result.body), logging.INFO,
+                               "the controller sent a %r system task; nothing handles it yet (ignored)",
+                               ignored_task(result.body))
+        return events
+
+    def _config_polled(self, outcome: ControllerConfig | ControllerError, now: float) -> list[Event]:
+        """A polled configuration: applied when it differs (the token is the session's, the answer has none)."""
+        if self.config_poll_interval > 0:
+            self._config_due = now + self.config_poll_interval
+        previous = self.controller
+        if isinstance(outcome, ControllerError):
+            if outcome.kind == "unauthorized":
+                self._token_lost("token refused (401)", now)
+            elif outcome.kind == "not_found":  # a controller without the endpoint (v1): stop asking
+                log.info("config poll: the controller has no GET /agents/:id/config (%s); not polling",
+                         outcome.describe())
+                self._config_due = None
+            else:
+                self._once.failure("config", outcome.signature, logging.WARNING,
+                                   "config poll failed: %s; will retry in %g s", outcome.describe(),
+                                   self.config_poll_interval)
+            return []
+        self._once.recovered("config", "config poll works again")
+        if previous is None or outcome.fingerprint() == previous.fingerprint():
+            return []
+        updated = replace(outcome, token=previous.token, lifetime=previous.lifetime,
+                          expires_at=previous.expires_at, wire_version=previous.wire_version)
+        self.controller = updated
+        log.info("config poll: the controller's configuration changed")
+        return [Connected(updated, previous, "config poll")]
+
+    def _updates_from_answer(self, body: Mapping[str, object], now: float) -> Connected | None:
+        """v6 answers may carry a new `token` (adopted as if a reconnect had returned it) and the current
+        `instruction` (applied when it changed, compared without its `Datetime:` line)."""
+        previous = self.controller
+        if previous is None:
+            return None
+        updated = previous
+        token = body.get("token")
+        if isinstance(token, str) and token and token != previous.token:
+            lifetime = jwt_lifetime(token, self._wall())
+            updated = replace(updated, token=token, lifetime=lifetime or updated.lifetime,
+                              expires_at=jwt_expiry(token) or updated.expires_at)
+            self._token_until = None
+            if lifetime:
+                self._token_until = now + max(REFRESH_FLOOR, lifetime - min(EXPIRY_SLACK, lifetime / 10))
+                self._schedule_connect(now + self._refresh_delay(updated), "token refresh")
+            self.token_refreshes += 1
+            self.metrics.token_refresh.inc()
+            log.info("heartbeat answer: adopted a new agent token from the controller")
+        instruction = body.get("instruction")
+        prompt = instruction.get("systemPrompt") if isinstance(instruction, Mapping) else None
+        if isinstance(prompt, str) and without_datetime(prompt) != without_datetime(previous.instruction):
+            updated = replace(updated, instruction=prompt)
+            log.info("heartbeat answer: the controller changed the instruction")
+        if updated is previous:
+            return None
+        self.controller = updated
+        return Connected(updated, previous, "heartbeat answer")
 
     def _heartbeat_failed(self, exc: ControllerError, status: str, now: float) -> None:
         self.metrics.heartbeat_failure.labels(exc.kind).inc()

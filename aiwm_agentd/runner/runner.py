@@ -80,6 +80,10 @@ class _Conversation:
     interrupted: bool = False
 
 
+MCP_STATUS_POLL = 0.5  # seconds between MCP status reads while a server is still pending
+MCP_STATUS_WAIT = 30.0  # how long a pending server is watched after a client connected
+
+
 class ClaudeRunner:
     """Worker (start/apply/health/stop) and Runner (submit/reset/interrupt/queue_depth/busy) in one."""
 
@@ -111,6 +115,11 @@ class ClaudeRunner:
         self._loop_changed: asyncio.Condition | None = None
         self._loop_turns = 0
         self._loop_discovered: dict[str, tuple[str, ...]] = {}
+        # MCP servers as the CLI last reported them (server -> "connected" / "failed" / ...), and the MCP tools
+        # the model can really call; replaced whole (never mutated) so other threads read them safely.
+        self.mcp_status: dict[str, str] = {}
+        self.mcp_callable: tuple[str, ...] = ()
+        self._mcp_logged: dict[str, str] = {}
         self._loop_stopped: asyncio.Event | None = None
         self._loop_background: set[asyncio.Task[None]] = set()
         self._warn_config(config)
@@ -536,24 +545,64 @@ class ClaudeRunner:
         if conv.client_pid is not None:
             with self._lock:
                 self._child_pids.add(conv.client_pid)
-        if self._config.claude.mcp_servers and plan_tools(self._config.claude).needs_call_guard():
+        if self._config.claude.mcp_servers:  # every client: the status is shown, the names guard the calls
             await self._loop_discover_mcp_tools(client)
 
     def _loop_hidden_tools(self) -> list[str]:
         return plan_tools(self._config.claude).hidden_tools(self._loop_discovered)
 
     async def _loop_discover_mcp_tools(self, client: ClaudeSDKClient) -> None:
-        """Learn the MCP servers' tool names so later clients hide the ones not whitelisted."""
+        """Read the MCP status now and, while a server is still `pending` (the CLI connects them in the
+        background), again every MCP_STATUS_POLL seconds for up to MCP_STATUS_WAIT, without delaying the turn."""
+        if await self._loop_read_mcp_status(client):
+            task = asyncio.get_running_loop().create_task(self._loop_poll_mcp_status(client))
+            self._loop_background.add(task)
+            task.add_done_callback(self._loop_background.discard)
+
+    async def _loop_poll_mcp_status(self, client: ClaudeSDKClient) -> None:
+        deadline = time.monotonic() + MCP_STATUS_WAIT
+        while time.monotonic() < deadline:
+            await asyncio.sleep(MCP_STATUS_POLL)
+            if not await self._loop_read_mcp_status(client):
+                return
+
+    async def _loop_read_mcp_status(self, client: ClaudeSDKClient) -> bool:
+        """Learn the MCP servers' state and tool names: later clients hide the tools not whitelisted, and a
+        server the CLI could not use (e.g. a controller that rejects `notifications/initialized`) is logged
+        once and shown, instead of the agent silently having none of its tools."""
         try:
             status = await asyncio.wait_for(client.get_mcp_status(), timeout=5)
         except Exception as exc:
             log.debug("MCP status unavailable: %s", logs.mask(str(exc)))
-            return
+            return False
+        states = dict(self.mcp_status)
         for server in status.get("mcpServers", []):
+            if not isinstance(server, dict):
+                continue
+            name = str(server.get("name", ""))
+            states[name] = str(server.get("status") or "unknown")
             names = tuple(str(t.get("name", "")) for t in server.get("tools") or [] if isinstance(t, dict))
             if names:
-                self._loop_discovered[str(server.get("name", ""))] = tuple(
-                    n if n.startswith("mcp__") else f"mcp__{server.get('name')}__{n}" for n in names)
+                self._loop_discovered[name] = tuple(
+                    n if n.startswith("mcp__") else f"mcp__{name}__{n}" for n in names)
+            self._log_mcp_state(name, states[name], len(names))
+        hidden = set(self._loop_hidden_tools())
+        self.mcp_status = states
+        self.mcp_callable = tuple(sorted(
+            t for server, tools in self._loop_discovered.items() if states.get(server) == "connected"
+            for t in tools if t not in hidden and f"mcp__{server}" not in hidden))
+        return any(state == "pending" for state in states.values())
+
+    def _log_mcp_state(self, server: str, state: str, tools: int) -> None:
+        """Once per change of a server's state."""
+        if self._mcp_logged.get(server) == state or state == "pending":
+            return
+        self._mcp_logged[server] = state
+        if state == "connected":
+            log.info("MCP server %s connected (%d tools)", server, tools)
+        else:
+            log.warning("MCP server %s is %s: the model has none of its tools (check the server URL and that "
+                        "it accepts the agent token)", server, state)
 
     async def _loop_exchange(self, conv: _Conversation, text: str, started: float) -> Reply:
         from claude_agent_sdk import AssistantMessage, ResultMessage, SystemMessage, TextBlock

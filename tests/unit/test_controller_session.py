@@ -17,6 +17,7 @@ from aiwm_agentd.controller.session import (
     ControllerSession,
     HeartbeatAnswered,
     SessionSettings,
+    WorkOffered,
 )
 from aiwm_agentd.controller.wire import ControllerConfig, parse_connect_response
 from aiwm_agentd.metrics import Metrics
@@ -351,3 +352,157 @@ def test_one_call_at_a_time_and_nothing_after_stop() -> None:
     assert isinstance(h.answer(call, hb_ok())[0], HeartbeatAnswered)
     s.stop()
     assert s.state == "stopping" and s.next_call(1e9, False) is None
+
+
+# -- realtime: assigned work, sleep/wake, the portal socket's token refusal --------------------------------
+
+WORK_ANSWER = {"success": True, "systemMessage": "Call mcp__Builtin__StartWork first.",
+               "work": {"id": "w1", "title": "Fix the build", "type": "task", "status": "todo", "priorityLevel": 2}}
+
+
+def offered(events: list[object]) -> list[WorkOffered]:
+    return [e for e in events if isinstance(e, WorkOffered)]
+
+
+def test_work_offer_is_reported_busy_at_once_and_idle_at_once_after_and_never_started_twice() -> None:
+    h = Harness()
+    s = h.start()
+    h.connect_ok()
+    call = h.due_call()
+    events = h.answer(call, HeartbeatResult(WORK_ANSWER, "cid"))
+    assert [e.offer.key for e in offered(events)] == ["work:w1:todo"]
+    s.work_started(offered(events)[0].offer, h.now)
+    assert s.next_due() == h.now  # busy goes out now, not at the next interval
+    busy = h.due_call()
+    assert busy.status == "busy"
+    # The same offer repeated while it runs (an answer to an earlier idle heartbeat) is not taken again.
+    assert offered(h.answer(busy, HeartbeatResult(WORK_ANSWER, "cid"))) == []
+    h.now += 5
+    assert s.work_finished("work:w1:todo", h.now)
+    assert s.work is None and s.work_done == 1 and s.next_due() == h.now
+    idle = h.due_call()
+    assert idle.status == "idle"
+    # Offered again after it ended (the model did not move it): not started twice.
+    assert offered(h.answer(idle, HeartbeatResult(WORK_ANSWER, "cid"))) == []
+    # The same task back in another state (review) is a new task.
+    review = {**WORK_ANSWER, "work": {**WORK_ANSWER["work"], "status": "review"}}  # type: ignore[dict-item]
+    assert [e.offer.key for e in offered(h.answer(h.due_call(), HeartbeatResult(review, "cid")))] == \
+        ["work:w1:review"]
+
+
+def test_status_change_during_a_heartbeat_in_flight_goes_right_after_it() -> None:
+    h = Harness()
+    s = h.start()
+    h.connect_ok()
+    in_flight = h.due_call()
+    assert in_flight.status == "idle"
+    s.set_sleep(True, "maintenance", h.now)  # while the idle heartbeat is in flight
+    assert s.next_due() is None
+    h.now += 0.2
+    h.answer(in_flight, hb_ok())
+    assert s.next_due() == h.now  # not the full interval later
+    assert h.due_call().status == "busy"  # REST knows no `sleep`: busy keeps work away
+
+
+def test_sleep_declines_offers_and_wake_reports_idle_at_once() -> None:
+    h = Harness()
+    s = h.start()
+    h.connect_ok()
+    h.heartbeat(hb_ok())
+    assert s.set_sleep(True, "night", h.now) and s.sleeping and s.sleep_reason == "night"
+    assert s.sleep_since == WALL + h.now
+    assert not s.set_sleep(True, "again", h.now)  # no change, nothing to report
+    call = h.due_call()
+    assert call.status == "busy"
+    assert offered(h.answer(call, HeartbeatResult(WORK_ANSWER, "cid"))) == []
+    assert s.set_sleep(False, "", h.now) and s.sleep_since is None
+    assert s.next_due() == h.now and h.due_call().status == "idle"
+
+
+def test_socket_refusal_reconnects_once_per_token() -> None:
+    h = Harness()
+    s = h.start()
+    h.connect_ok()
+    h.heartbeat(hb_ok())
+    old = s.token
+    assert not s.socket_refused("some-other-token", h.now)  # a stale refusal changes nothing
+    assert s.socket_refused(old, h.now)
+    assert s.state == "disconnected" and s.token == ""
+    call = h.due_call()
+    assert call.kind == "connect" and call.why == "reconnect after 401"
+    h.answer(call, controller(token=jwt({"iat": WALL + 1, "exp": WALL + 3601})))
+    assert s.state == "connected" and s.token != old
+    assert not s.socket_refused(old, h.now)  # the old token's refusal arrives late: no second reconnect
+
+
+def test_reserved_system_tasks_are_ignored() -> None:
+    h = Harness()
+    h.start()
+    h.connect_ok()
+    events = h.answer(h.due_call(), HeartbeatResult({"success": True, "systemTask": {"type": "inbox"}}, "cid"))
+    assert offered(events) == [] and isinstance(events[0], HeartbeatAnswered)
+
+
+def test_instruction_in_an_answer_is_applied_only_when_it_changed_beyond_its_datetime_line() -> None:
+    h = Harness()
+    s = h.start()
+    h.connect_ok(controller(instruction="Be brief.\n<runtime>\nDatetime: 2026-01-01 10:00\n</runtime>"))
+    same = {"instruction": {"id": "i", "systemPrompt": "Be brief.\n<runtime>\nDatetime: 2026-01-01 10:01\n</runtime>"}}
+    events = h.answer(h.due_call(), HeartbeatResult(same, "cid"))
+    assert [e for e in events if isinstance(e, Connected)] == []
+    changed = {"instruction": {"id": "i", "systemPrompt": "Be thorough.\nDatetime: 2026-01-01 10:02"}}
+    events = h.answer(h.due_call(), HeartbeatResult(changed, "cid"))
+    updates = [e for e in events if isinstance(e, Connected)]
+    assert len(updates) == 1 and updates[0].why == "heartbeat answer"
+    assert s.controller is not None and s.controller.instruction.startswith("Be thorough.")
+
+
+def test_token_in_an_answer_is_adopted_like_a_reconnect() -> None:
+    h = Harness()
+    s = h.start()
+    h.connect_ok(controller(lifetime=3600))
+    fresh = jwt({"iat": WALL + h.now, "exp": WALL + h.now + 7200})
+    events = h.answer(h.due_call(), HeartbeatResult({"success": True, "token": fresh}, "cid"))
+    updates = [e for e in events if isinstance(e, Connected)]
+    assert len(updates) == 1 and updates[0].controller.token == fresh
+    assert s.token == fresh and s.token_refreshes == 1
+    assert h.heartbeat(hb_ok()).token == fresh  # the next heartbeat uses it
+    # The refresh follows the new token's lifetime: 7200 - 600 s after it arrived, not the old schedule.
+    while (call := h.due_call()).kind == "heartbeat":
+        h.answer(call, hb_ok())
+    assert call.why == "token refresh" and h.now == pytest.approx(6600, abs=1)
+
+
+def test_config_poll_applies_a_changed_configuration_and_keeps_the_token() -> None:
+    h = Harness()
+    s = h.start()
+    s.set_config_poll(30.0, h.now)
+    original = h.connect_ok(controller(instruction="Be brief."))
+    h.heartbeat(hb_ok())
+    call = h.due_call()
+    assert call.kind == "config" and h.now == pytest.approx(30) and call.token == original.token
+    assert h.answer(call, controller(instruction="Be brief.", token="")) == []  # unchanged: nothing to apply
+    call = h.due_call()
+    while call.kind != "config":
+        h.answer(call, hb_ok())
+        call = h.due_call()
+    assert h.now == pytest.approx(60)
+    events = h.answer(call, parse_connect_response(
+        {"accessToken": "", "expiresIn": 0, "instruction": {"systemPrompt": "Be thorough.", "guidelines": []}},
+        now=WALL))
+    assert len(events) == 1 and isinstance(events[0], Connected) and events[0].why == "config poll"
+    assert s.controller is not None and s.controller.instruction == "Be thorough."
+    assert s.token == original.token  # the config endpoint carries no token: ours is kept
+
+
+def test_config_poll_off_by_default_and_a_401_reconnects() -> None:
+    h = Harness()
+    s = h.start()
+    h.connect_ok()
+    h.heartbeat(hb_ok())
+    assert (s.next_due() or 0) - h.now > 50  # only the next heartbeat: no poll
+    s.set_config_poll(10.0, h.now)
+    call = h.due_call()
+    assert call.kind == "config"
+    h.answer(call, error("unauthorized", 401))
+    assert s.state == "disconnected" and h.due_call().kind == "connect"

@@ -22,6 +22,7 @@ import requests
 
 from aiwm_agentd.controller.wire import parse_connect_response
 from aiwm_devtools.devcontroller import DevController
+from aiwm_devtools.workqueue import tool_definitions
 from tests.fakes.faulty_controller import FaultyController
 from tests.harness import ROOT
 
@@ -469,7 +470,7 @@ def test_builtin_mcp_endpoint(ctl: DevController) -> None:
     assert r.status_code == 200 and r.json()["result"]["protocolVersion"] == "2025-06-18"
     tools = {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}
     assert requests.post(server["url"], json=tools, headers=server["headers"], timeout=5).json()["result"] == {
-        "tools": []
+        "tools": tool_definitions()
     }
     note = {"jsonrpc": "2.0", "method": "notifications/initialized"}
     assert requests.post(server["url"], json=note, headers=server["headers"], timeout=5).status_code == 202
@@ -592,9 +593,11 @@ def test_cli_prints_env_writes_env_out_and_exits_0_on_sigterm(tmp_path: Path) ->
     )  # fmt: skip
     try:
         assert proc.stdout is not None
-        lines = [proc.stdout.readline().strip() for _ in range(5)]
+        lines = [proc.stdout.readline().strip() for _ in range(9)]  # 5 controller + 4 portal socket lines
         env = dict(line.split("=", 1) for line in lines)
         assert env["AIWM_ENABLED"] == "true" and env["AIWM_AGENT_SECRET"] == "s3cret-value"
+        assert env["AIWM_REALTIME"] == "true" and env["AIWM_WS_NAMESPACE"] == "/ws"  # a v4 portal by default
+        assert env["AIWM_WS_URL"].startswith("http://127.0.0.1:")
         assert env["AGENT_NAME"] == "Dev Agent"
         base = env["AIWM_BASE_URL"]
         assert base.startswith("http://127.0.0.1:")

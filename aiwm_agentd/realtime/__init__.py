@@ -1,0 +1,1 @@
+"""AIWM realtime: the portal socket channel (chat, operator commands) and its pure dialect logic."""
