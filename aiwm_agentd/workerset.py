@@ -22,7 +22,9 @@ from aiwm_agentd.workers import DaemonControl, Runner, Worker, WorkerHealth
 
 log = logging.getLogger("aiwm_agentd.workers")
 
-CHECK_INTERVAL = 2.0
+# Dead-worker detection (restart) and the worker_up gauge. /health reads worker health live, so this only bounds
+# how late a dead thread is restarted; every 2 s was the idle daemon's most frequent supervisor wake-up.
+CHECK_INTERVAL = 10.0
 RESTART_CAP = 300.0
 
 

@@ -75,6 +75,17 @@ def tree_cpu(pid: int) -> float:
     return total
 
 
+def wakeups(pid: int) -> int:
+    """Voluntary context switches of every thread of the daemon: each is one wake-up after a wait."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            for line in (task / "status").read_text().splitlines():
+                if line.startswith("voluntary_ctxt_switches:"):
+                    total += int(line.split()[1])
+    return total
+
+
 class PeakSampler(threading.Thread):
     def __init__(self, pid: int) -> None:
         super().__init__(daemon=True)
@@ -106,9 +117,12 @@ def one_run(args: argparse.Namespace, tg: TimedTelegram, anthropic: FakeAnthropi
         time.sleep(3)
         pid = d.proc.pid
         figures["idle RSS (MiB)"] = tree_rss(pid)
-        cpu0 = tree_cpu(pid)
+        cpu0, woke0 = tree_cpu(pid), wakeups(pid)
         time.sleep(args.idle)
         figures[f"idle CPU over {args.idle:.0f} s (s)"] = tree_cpu(pid) - cpu0
+        figures["idle wake-ups per second"] = (wakeups(pid) - woke0) / args.idle
+        if args.idle_only:
+            return figures
         sampler = PeakSampler(pid)
         sampler.start()
         cpu0 = tree_cpu(pid)
@@ -144,6 +158,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--idle", type=float, default=30.0)
     parser.add_argument("--after", type=float, default=120.0)
+    parser.add_argument("--idle-only", action="store_true", help="stop after the idle figures")
     parser.add_argument("--env", action="append", default=[], help="extra KEY=VALUE for the daemon's env file")
     args = parser.parse_args()
     tg = TimedTelegram(TELEGRAM_TOKEN).start()
