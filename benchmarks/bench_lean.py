@@ -105,15 +105,17 @@ def one_run(args: argparse.Namespace, tg: TimedTelegram, anthropic: FakeAnthropi
         "TELEGRAM_ALLOW_DMS": "true",
     }
     env.update(dict(kv.split("=", 1) for kv in args.env))
-    d = Daemon(Path(tempfile.mkdtemp(prefix="bench-lean-")), env)
+    extra = {"PYTHONPATH": args.pythonpath} if args.pythonpath else {}
+    d = Daemon(Path(tempfile.mkdtemp(prefix="bench-lean-")), env, extra_env=extra)
     figures: dict[str, float] = {}
     try:
         wait_for(lambda: tg.first_poll is not None or d.proc.poll() is not None, 30, what="first poll")
         assert tg.first_poll is not None, d.output()
         figures["start -> first poll (s)"] = tg.first_poll - d.started
         figures["start -> READY (s)"] = d.wait_ready()
-        wait_for(lambda: (d.health().get("workers") or {}).get("claude", {}).get("state") == "ok", 30,
-                 what="runner ready")
+        if not args.no_runner_wait:
+            wait_for(lambda: (d.health().get("workers") or {}).get("claude", {}).get("state") == "ok", 30,
+                     what="runner ready")
         time.sleep(3)
         pid = d.proc.pid
         figures["idle RSS (MiB)"] = tree_rss(pid)
@@ -135,6 +137,7 @@ def one_run(args: argparse.Namespace, tg: TimedTelegram, anthropic: FakeAnthropi
                 tg.wait_for_sent(sent + 1, timeout=60)
                 latencies.append(time.monotonic() - t0)
         last_reply = time.monotonic()
+        figures["very first message -> reply (s)"] = firsts[0]
         figures["first message -> reply (s, median)"] = statistics.median(firsts)
         figures["follow-up -> reply (s, median)"] = statistics.median(follows)
         figures["CPU per message, tree (s)"] = (tree_cpu(pid) - cpu0) / (2 * len(CHATS))
@@ -158,6 +161,9 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--idle", type=float, default=30.0)
     parser.add_argument("--after", type=float, default=120.0)
+    parser.add_argument("--no-runner-wait", action="store_true",
+                        help="measure idle without waiting for the runner's SDK import (experiments)")
+    parser.add_argument("--pythonpath", default="", help="PYTHONPATH for the daemon (experiments)")
     parser.add_argument("--idle-only", action="store_true", help="stop after the idle figures")
     parser.add_argument("--env", action="append", default=[], help="extra KEY=VALUE for the daemon's env file")
     args = parser.parse_args()
