@@ -149,7 +149,11 @@ def chat_summary(s: StatusSnapshot, now: float) -> dict[str, Any]:
 
 
 def status_line(s: StatusSnapshot) -> str:
-    """systemd's STATUS= (one line; `systemctl status` shows it)."""
+    """systemd's STATUS= (one line; `systemctl status` shows it), naming the workers still starting."""
+    return _controller_line(s) + _connecting(s)
+
+
+def _controller_line(s: StatusSnapshot) -> str:
     name = s.agent_name
     if s.state == "connected":
         at = s.last_heartbeat_at
@@ -158,6 +162,13 @@ def status_line(s: StatusSnapshot) -> str:
     if s.state == "fallback":
         return f"{name}: local configuration ({s.last_error})"
     return f"{name}: {s.state} ({s.last_error})" if s.last_error else f"{name}: {s.state}"
+
+
+def _connecting(s: StatusSnapshot) -> str:
+    """'; still connecting: telegram, claude': the bots connect while the SDK imports, and
+    READY comes before either, so the operator can see what is not up yet."""
+    starting = [name for name, h in s.workers if h.alive and h.state == "starting"]
+    return f"; still connecting: {', '.join(starting)}" if starting else ""
 
 
 def format_health_text(data: dict[str, Any]) -> str:

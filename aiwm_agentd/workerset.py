@@ -22,7 +22,12 @@ from aiwm_agentd.workers import DaemonControl, IntakeWorker, Runner, Worker, Wor
 
 log = logging.getLogger("aiwm_agentd.workers")
 
-CHECK_INTERVAL = 2.0
+# Worker checks: dead-worker detection (restart), the worker_up gauge, and the supervisor's STATUS= refresh.
+# Every CHECK_INTERVAL while a worker is starting (so STATUS= stops saying "still connecting" promptly), every
+# SETTLED_CHECK_INTERVAL once all are up: /health reads worker health live, so that only bounds how late a dead
+# thread is restarted (2 s used to be the idle daemon's most frequent supervisor wake-up).
+CHECK_INTERVAL = 0.5
+SETTLED_CHECK_INTERVAL = 10.0
 RESTART_CAP = 300.0
 # Kept back from the stop deadline for the platforms: send the last answers and notices, then close.
 PLATFORM_STOP_BUDGET = 2.5
@@ -98,11 +103,12 @@ class WorkerSet:
         return result
 
     def check(self, now: float) -> None:
-        """Restart dead workers with backoff; export worker_up."""
-        self.next_check = now + CHECK_INTERVAL if self.all else None
+        """Restart dead workers with backoff; export worker_up; check again sooner while one is starting."""
+        starting, next_restart = False, float("inf")
         for worker in self.all:
             health = _health(worker)
             self._metrics.worker_up.labels(worker.name).set(1 if health.healthy else 0)
+            starting = starting or (health.alive and health.state == "starting")
             if health.alive:
                 if health.state != "starting" and worker.name in self._recovering:
                     self._recovering.discard(worker.name)
@@ -110,6 +116,7 @@ class WorkerSet:
                 continue
             attempts, allowed_at = self._restarts.get(worker.name, (0, 0.0))
             if now < allowed_at:
+                next_restart = min(next_restart, allowed_at)
                 continue
             attempts += 1
             delay = backoff_delay(attempts, cap=RESTART_CAP)
@@ -122,6 +129,8 @@ class WorkerSet:
         for name, (_attempts, allowed_at) in list(self._restarts.items()):
             if now > allowed_at + RESTART_CAP:
                 del self._restarts[name]
+        interval = CHECK_INTERVAL if starting else SETTLED_CHECK_INTERVAL
+        self.next_check = min(now + interval, next_restart) if self.all else None
 
     @property
     def busy(self) -> bool:

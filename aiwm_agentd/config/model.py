@@ -35,6 +35,7 @@ class ClaudeConfig:
     turn_timeout: float
     max_clients: int
     queue_limit: int  # messages waiting or running per conversation; more are refused with a reply
+    memory_budget_mib: int = 0  # measured RSS of the warm CLI trees; idle LRU ones close beyond it. 0 = none
     # The AIWM portal socket (realtime/): off by default; "" = derive from the controller URL and version.
     realtime: bool = False
     ws_url: str = ""

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from aiwm_agentd import logs
 from aiwm_agentd.config import parsers as p
 
@@ -22,6 +24,18 @@ DEFAULT_INSTRUCTION_FILE = "/etc/aiwm/instruction.md"
 DEFAULT_INSTRUCTION = "You are a helpful AI assistant."
 DEFAULT_MODEL = "claude-haiku-4-5"
 DEFAULT_HEALTH_ADDR: tuple[str, int] | None = ("127.0.0.1", 9464)
+
+# The automatic memory budget of warm Claude processes: this share of the machine's memory, at least enough for
+# one warm CLI (~200-230 MiB measured). Derivation and measurements: the README's "Memory budget" section.
+AUTO_MEMORY_BUDGET_FRACTION = 1 / 64
+AUTO_MEMORY_BUDGET_FLOOR_MIB = 256
+
+
+def auto_memory_budget_mib(total_bytes: int | None = None) -> int:
+    """1/64 of total memory, never under 256 MiB (24 GiB -> 384 MiB, 8 GiB -> 256 MiB, 64 GiB -> 1024 MiB)."""
+    total = psutil.virtual_memory().total if total_bytes is None else total_bytes
+    return max(AUTO_MEMORY_BUDGET_FLOOR_MIB, int(total * AUTO_MEMORY_BUDGET_FRACTION) // (1024 * 1024))
+
 
 DAEMON = "daemon"  # the section of the supervisor's own settings (env only, read before any controller)
 
@@ -124,13 +138,15 @@ CLAUDE_SETTINGS: tuple[Setting, ...] = (
     _claude("CLAUDE_CLI_PATH", "cli_path", p.parse_text, "", "a system-wide Claude Code CLI"),
     _claude("CLAUDE_MAX_CONCURRENCY", "max_concurrency", p.parse_positive_int, 2, "turns running at once",
             flat="assistant_maxConcurrency"),
-    _claude("CLAUDE_IDLE_TIMEOUT", "idle_timeout", p.parse_seconds, 600.0,
+    _claude("CLAUDE_IDLE_TIMEOUT", "idle_timeout", p.parse_seconds, 90.0,
             "idle seconds before a kept-warm CLI process is closed",
             flat="assistant_idleTimeoutMs", flat_parse=p.parse_milliseconds),
     _claude("CLAUDE_TURN_TIMEOUT", "turn_timeout", p.parse_seconds, 300.0, "seconds a turn may take"),
     _claude("CLAUDE_MAX_CLIENTS", "max_clients", p.parse_positive_int, 4, "CLI processes kept warm"),
     _claude("CLAUDE_QUEUE_LIMIT", "queue_limit", p.parse_positive_int, 10,
             "messages waiting or running per conversation"),
+    _claude("CLAUDE_MEMORY_BUDGET_MIB", "memory_budget_mib", p.parse_positive_int, auto_memory_budget_mib(),
+            "MiB of measured RSS the kept-warm CLI processes may hold (default: 1/64 of memory, >= 256)"),
     # The AIWM portal socket (read with the agent's snapshot, so the controller's settings can set it too).
     _claude("AIWM_REALTIME", "realtime", p.parse_bool, False,
             "open the AIWM portal socket: portal chat and operator commands", flat="realtime_enabled"),

@@ -138,6 +138,9 @@ class PlatformWorker(abc.ABC):
     backoff_base: float = 1.0
     backoff_cap: float = 60.0
     config_error_backoff: float = 600.0
+    # How often the session's health (and the refusal counters in its extra) is re-published; stop, restart and
+    # reload wake the monitor at once. This is the idle daemon's most frequent wake-up (2 per second per bot):
+    # 5 s would do once health() reads the counters live instead of from the last publication.
     monitor_interval: float = 0.5
 
     def __init__(self, config: AgentConfig, runner: Runner, control: DaemonControl) -> None:

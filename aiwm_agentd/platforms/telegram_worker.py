@@ -90,7 +90,9 @@ class TelegramWorker(PlatformWorker):
     name = "telegram"
     message_limit = 4096
     typing_interval = 4.0  # Telegram clients drop "typing" after about 5 s
-    poll_timeout = 10.0  # long-poll seconds; a healthy loop completes a poll at least this often
+    # Long-poll seconds: an idle bot makes one request per poll_timeout, and a healthy loop completes a poll at
+    # least this often. 30 s (Telegram allows 50) triples the 10 s poll's quiet time; stop cancels the poll.
+    poll_timeout = 30.0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

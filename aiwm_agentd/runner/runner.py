@@ -3,7 +3,12 @@
 One thread runs one asyncio loop; every SDK client lives there. Each active conversation has a FIFO queue and
 one worker task that owns its kept-warm `ClaudeSDKClient` (the SDK requires a client to stay in the task that
 connected it), so follow-up turns skip the CLI cold start. The worker closes its client after `idle_timeout`,
-or early when the `max_clients` cap needs room for another conversation. A global cap bounds concurrent turns.
+or early when the `max_clients` cap or the memory budget (`claude.memory_budget_mib`, the measured RSS of every
+CLI process tree, see memory.py) needs room: the least recently used idle client goes first, and a conversation
+in a turn or with messages waiting keeps its client. A global cap bounds concurrent turns.
+
+The SDK import (~1 s of CPU, ~35 MiB) waits until the platforms had a head start (`import_delay`, or at once
+when a message arrives): on a small VM it would otherwise compete with the bots' own connection for the GIL.
 
 The thread and its loop are a `LoopThread`: `start()` returns at once (messages submitted before the loop is
 up are queued, not lost), and the runner can be started again after `stop()` or after its loop died. Every
@@ -34,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 from aiwm_agentd import logs
 from aiwm_agentd.config import AgentConfig
 from aiwm_agentd.loopthread import LoopNotRunning, LoopState, LoopThread
-from aiwm_agentd.runner import failures
+from aiwm_agentd.runner import failures, memory
 from aiwm_agentd.runner.failures import Failure
 from aiwm_agentd.runner.options import (
     OptionInputs,
@@ -78,6 +83,9 @@ class _Conversation:
     reset_requested: bool = False
     turn_timeout: asyncio.Timeout | None = None
     interrupted: bool = False
+    rss: int = 0  # bytes of its CLI process tree, last measured
+
+
 
 
 MCP_STATUS_POLL = 0.5  # seconds between MCP status reads while a server is still pending
@@ -90,6 +98,10 @@ class ClaudeRunner:
     name = "claude"
     # Tests replace the SDK client with a stub (same connect/query/receive_response/interrupt/disconnect).
     client_factory: Callable[[ClaudeAgentOptions], Any] | None = None
+    # Seconds the SDK import waits for the bots to connect first (a message cuts the wait short).
+    import_delay: float = 1.5
+    # Measures one CLI process tree in bytes; tests inject fixed figures.
+    measure_rss: Callable[[int], int] = staticmethod(memory.tree_rss)
 
     def __init__(self, config: AgentConfig) -> None:
         self._config = config
@@ -101,6 +113,8 @@ class ClaudeRunner:
         self._refusing: dict[ConversationKey, int] = {}  # refusals per conversation until it drains
         self._running_turns = 0
         self._live_clients = 0
+        self._warm_rss = 0  # bytes, all clients, last measured
+        self._budget_closes = 0
         self._child_pids: set[int] = set()
         self._state = "starting"
         self._detail = ""
@@ -122,6 +136,8 @@ class ClaudeRunner:
         self._mcp_logged: dict[str, str] = {}
         self._loop_stopped: asyncio.Event | None = None
         self._loop_background: set[asyncio.Task[None]] = set()
+        self._loop_import_now: asyncio.Event | None = None
+        self._loop_rss_estimate = 0  # bytes a new client is expected to take: the largest tree measured
         self._warn_config(config)
 
     # ---------------------------------------------------------------------------------- Worker
@@ -143,6 +159,8 @@ class ClaudeRunner:
         self._loop_stopped = asyncio.Event()
         self._loop_turns = 0
         self._loop_background = set()
+        self._loop_import_now = asyncio.Event()
+        self._loop_rss_estimate = 0
         self._loop_thread.start(self._loop_main)
 
     def apply(self, config: AgentConfig) -> None:
@@ -165,6 +183,9 @@ class ClaudeRunner:
                 "refused": self._refused,
                 "refusing_conversations": len(self._refusing),
                 "queue_limit": self._config.claude.queue_limit,
+                "warm_rss_mib": round(self._warm_rss / memory.MIB, 1),
+                "memory_budget_mib": self._config.claude.memory_budget_mib,
+                "budget_closes": self._budget_closes,
             }
             state, detail = self._state, self._detail
         if self._loop_thread.state is LoopState.DIED:
@@ -247,15 +268,22 @@ class ClaudeRunner:
     # ---------------------------------------------------------------------------------- thread
 
     async def _loop_main(self) -> None:
-        assert self._loop_stopped is not None
-        try:
-            import claude_agent_sdk  # noqa: F401  (lazy: ~70 MiB; only when a runner exists)
-        except ImportError as exc:
+        assert self._loop_stopped is not None and self._loop_import_now is not None
+        with self._lock:
+            self._detail = "importing the Claude Agent SDK after the bots connect"
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._loop_import_now.wait(), self.import_delay)
+        if not self._loop_stopped.is_set():
             with self._lock:
-                self._state, self._detail = "error", f"claude-agent-sdk not importable: {exc}"
-        else:
-            with self._lock:
-                self._state = "ok"
+                self._detail = "importing the Claude Agent SDK"
+            try:
+                import claude_agent_sdk  # noqa: F401  (lazy: ~35 MiB; only when a runner exists)
+            except ImportError as exc:
+                with self._lock:
+                    self._state, self._detail = "error", f"claude-agent-sdk not importable: {exc}"
+            else:
+                with self._lock:
+                    self._state, self._detail = "ok", ""
         await self._loop_stopped.wait()
         await self._loop_finish()
 
@@ -313,6 +341,8 @@ class ClaudeRunner:
             conv = self._loop_conversations[key] = _Conversation(key)
         conv.queue.append(item)
         conv.wakeup.set()
+        if self._loop_import_now is not None:
+            self._loop_import_now.set()  # somebody is waiting: import the SDK now
         if conv.task is None:
             conv.task = asyncio.ensure_future(self._loop_worker(conv))
 
@@ -377,6 +407,7 @@ class ClaudeRunner:
                     self._finish(item, reply)
                 finally:
                     await self._loop_release_turn()
+                self._loop_trim_to_budget(conv)
         finally:
             await self._loop_close_client(conv, fast=stopping.is_set())
             conv.task = None
@@ -415,17 +446,58 @@ class ClaudeRunner:
         changed = self._loop_changed
         assert changed is not None
         async with changed:
-            while self._live_clients_count() >= self._config.claude.max_clients:
-                idle = [c for c in self._loop_conversations.values()
-                        if c is not conv and c.client is not None and not c.in_turn and not c.close_requested]
-                if idle:
-                    victim = min(idle, key=lambda c: c.last_used)
-                    victim.close_requested = True
-                    victim.wakeup.set()
-                    changed.notify_all()  # the victim may be waiting for a turn slot
-                await changed.wait()
+            while True:
+                if self._live_clients_count() >= self._config.claude.max_clients:
+                    idle = [c for c in self._loop_conversations.values()
+                            if c is not conv and c.client is not None and not c.in_turn and not c.close_requested]
+                    if idle:
+                        self._loop_request_close(min(idle, key=lambda c: c.last_used))
+                    await changed.wait()
+                    continue
+                # Room for the new client's expected memory: close idle ones and wait until they are gone.
+                self._loop_trim_to_budget(conv, incoming=self._loop_rss_estimate)
+                if any(c.close_requested and c.client is not None and c is not conv
+                       for c in self._loop_conversations.values()):
+                    await changed.wait()
+                    continue
+                break
             with self._lock:
                 self._live_clients += 1
+
+    def _loop_request_close(self, victim: _Conversation) -> None:
+        victim.close_requested = True
+        victim.wakeup.set()
+        changed = self._loop_changed
+        if changed is not None and changed.locked():
+            changed.notify_all()  # the victim may be waiting for a turn slot
+        else:
+            self._loop_notify()
+
+    def _loop_trim_to_budget(self, keep: _Conversation, incoming: int = 0) -> None:
+        """Measure every warm client; ask the least recently used idle ones to close while the total plus
+        `incoming` exceeds the budget. `keep` (the conversation being served) is never asked."""
+        warm = [c for c in self._loop_conversations.values() if c.client is not None]
+        for c in warm:
+            if c.client_pid is not None:
+                c.rss = self.measure_rss(c.client_pid)
+                self._loop_rss_estimate = max(self._loop_rss_estimate, c.rss)
+        with self._lock:
+            self._warm_rss = sum(c.rss for c in warm)
+        budget = self._config.claude.memory_budget_mib * memory.MIB
+        if budget <= 0:
+            return
+        clients = [memory.WarmClient(c.key, c.last_used, c.rss,
+                                     closable=(c is not keep and not c.in_turn and not c.queue
+                                               and not c.close_requested and not c.reset_requested))
+                   for c in warm if not (c.close_requested and c is not keep)]
+        victims = memory.choose_victims(clients, incoming, budget)
+        for key in victims:
+            victim = self._loop_conversations[key]
+            log.info("[%s] closing its idle Claude process (%.0f MiB) to stay within the %d MiB memory budget",
+                     key, victim.rss / memory.MIB, self._config.claude.memory_budget_mib)
+            with self._lock:
+                self._budget_closes += 1
+            self._loop_request_close(victim)
 
     def _live_clients_count(self) -> int:
         with self._lock:
@@ -655,6 +727,9 @@ class ClaudeRunner:
         if pid is not None and not _pid_alive(pid):
             with self._lock:
                 self._child_pids.discard(pid)
+        with self._lock:
+            self._warm_rss = max(0, self._warm_rss - conv.rss)
+        conv.rss = 0
         await self._loop_unreserve_client()
 
     def _forget_pid(self, client: ClaudeSDKClient) -> None:

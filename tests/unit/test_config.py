@@ -124,7 +124,7 @@ def test_max_concurrency_and_idle_timeout_layers():
     cfg = build({}, {"CLAUDE_MAX_CONCURRENCY": "5", "CLAUDE_IDLE_TIMEOUT": "30"})
     assert (cfg.claude.max_concurrency, cfg.claude.idle_timeout) == (5, 30.0)
     cfg = build({})
-    assert (cfg.claude.max_concurrency, cfg.claude.idle_timeout) == (2, 600.0)
+    assert (cfg.claude.max_concurrency, cfg.claude.idle_timeout) == (2, 90.0)
 
 
 def test_numbers_as_strings():
@@ -196,7 +196,7 @@ def test_invalid_controller_values_warn_and_fall_through():
     assert cfg.claude.max_turns == 7
     assert cfg.claude.permission_mode == "plan"
     assert cfg.discord.target_ids == ("5",)
-    assert cfg.claude.idle_timeout == 600.0
+    assert cfg.claude.idle_timeout == 90.0
     assert cfg.claude.resume is True
     text = "\n".join(cfg.warnings)
     for name in ("settings.claude_maxTurns", "settings.claude_permissionMode", "settings.discord_channelIds",
