@@ -27,7 +27,7 @@ class ClaudeConfig:
     api_key: str
     base_url: str  # deployment.baseAPIEndpoint > ANTHROPIC_BASE_URL > "" (the CLI's default)
     cli_path: str
-    tool_names: tuple[str, ...] | None  # the controller's tool whitelist; None = none sent
+    tool_names: tuple[str, ...] | None  # the tool whitelist (see snapshot._tools); None = the controller sent none
     allowed_functions: tuple[str, ...]  # v5; empty = all allowed
     mcp_servers: Mapping[str, Any]  # SDK `mcp_servers` form, Authorization = current token
     max_concurrency: int
@@ -35,6 +35,7 @@ class ClaudeConfig:
     turn_timeout: float
     max_clients: int
     queue_limit: int  # messages waiting or running per conversation; more are refused with a reply
+    local_tools: tuple[str, ...] = ()  # CLAUDE_ALLOWED_TOOLS: the whitelist without a controller
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,8 @@ class PlatformConfig:
     api_base_url: str  # "" = the public API
     gateway_url: str = ""  # Discord only (Telegram has no such key); "" = the public gateway
     catchup_window: float = 0.0  # oldest message answered after downtime, seconds
+    allowed_user_ids: tuple[str, ...] = ()  # who may talk; empty = everyone in target_ids, no DMs
+    admin_user_ids: tuple[str, ...] = ()  # who may /reload, /stop others' turns, see /status details
 
 
 @dataclass(frozen=True)
