@@ -30,7 +30,7 @@ def load_old(commit: str) -> types.ModuleType:
     source = subprocess.run(["git", "show", f"{commit}:aiwm_agentd/logs.py"], cwd=ROOT, check=True,
                             capture_output=True, text=True).stdout
     module = types.ModuleType("old_logs")
-    exec(compile(source, "old_logs.py", "exec"), module.__dict__)  # noqa: S102 - our own file at a commit
+    exec(compile(source, "old_logs.py", "exec"), module.__dict__)  # our own logs.py at a commit
     return module
 
 
@@ -41,7 +41,7 @@ def secrets(count: int, rng: random.Random) -> list[str]:
 
 
 def texts(rng: random.Random) -> dict[str, str]:
-    words = [w for w in "the agent answered with a long paragraph of ordinary prose and code".split()]
+    words = ["the", "agent", "answered", "with", "a", "long", "paragraph", "of", "ordinary", "prose", "and", "code"]
 
     def prose(size: int) -> str:
         out: list[str] = []
