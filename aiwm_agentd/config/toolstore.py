@@ -4,8 +4,8 @@ Without it, a daemon that starts while the controller is down (fallback) would h
 CLI's whole default tool set (what it did before: fail open) and no tools at all. With it, the agent keeps
 exactly the tools its controller last granted. Only tool names are stored: never a token, never an MCP
 server's headers. The file is `<state_dir>/tools.json`, 0600, replaced atomically, written only when the
-list changed, and only when the state directory already exists (the daemon's `StateDirectory=` creates it;
-`check-config` run elsewhere must not create one as a side effect). A store that cannot be read or written
+list changed, and only by the owner of an existing state directory (the daemon's `StateDirectory=` creates
+it; `check-config` run by root or elsewhere must neither create one nor leave a file the daemon cannot read). A store that cannot be read or written
 is a logged warning, never a failure: the caller falls back to the env list, and then to no tools.
 """
 
@@ -61,7 +61,10 @@ def save_tools(state_dir: Path, tools: tuple[str, ...] | None, allowed_functions
                clock: Callable[[], float] = time.time) -> bool:
     """Keep the controller's list; True when the file was (re)written."""
     directory = Path(state_dir)
-    if not directory.is_dir():
+    try:
+        if not directory.is_dir() or directory.stat().st_uid != os.geteuid():
+            return False  # missing, or someone else's (root running check-config): the daemon's file to write
+    except OSError:
         return False
     current = load_tools(directory)
     if current is not None and (current.tools, current.allowed_functions) == (tools, allowed_functions):

@@ -205,3 +205,11 @@ def test_short_status_for_non_admins() -> None:
     assert AGENT not in short and CONTROLLER not in short and "agent: a" in short and "state: connected" in short
     full = format_status(summary, 0, False, admin=True)
     assert AGENT in full and CONTROLLER in full
+
+
+def test_store_is_left_to_the_owner_of_the_state_dir(tmp_path: Path, monkeypatch: Any) -> None:
+    import os
+
+    monkeypatch.setattr(os, "geteuid", lambda: tmp_path.stat().st_uid + 1)  # e.g. root running check-config
+    assert not save_tools(tmp_path, ("Read",), ())
+    assert not store_path(tmp_path).exists()
