@@ -5,8 +5,9 @@ CLI's whole default tool set (what it did before: fail open) and no tools at all
 exactly the tools its controller last granted. Only tool names are stored: never a token, never an MCP
 server's headers. The file is `<state_dir>/tools.json`, 0600, replaced atomically, written only when the
 list changed, and only by the owner of an existing state directory (the daemon's `StateDirectory=` creates
-it; `check-config` run by root or elsewhere must neither create one nor leave a file the daemon cannot read). A store that cannot be read or written
-is a logged warning, never a failure: the caller falls back to the env list, and then to no tools.
+it; `check-config` run by root or elsewhere must neither create one nor leave a file the daemon cannot
+read). A store that cannot be read or written is a logged warning, never a failure: the caller falls back
+to the env list, and then to no tools.
 """
 
 from __future__ import annotations
