@@ -4,6 +4,11 @@ Secrets are registered by value (`register_secret`) as soon as they are read fro
 controller; the `SecretMaskingFilter` then replaces them in every record, together with anything shaped
 like a JWT or a Telegram bot token, so no code path has to remember to mask.
 
+A secret also leaves the process encoded: in a URL query (percent-encoded), in a JSON string (escaped), in an
+HTTP Basic header or a data blob (base64). Each registered value is therefore masked in those forms too
+(`encoded_forms`), and the password of any `scheme://user:password@host` URL is masked whether or not it was
+registered. The same `mask()` is the backstop for every other output surface (chat replies, /status).
+
 Crash tracebacks go the same way (`install_excepthooks`): Python's default hooks print them straight to
 stderr, unmasked. Lines that say why the daemon cannot run (`print_fatal`) carry journald's "error"
 priority, so `journalctl -p err -u aiwm-agentd` shows them.
@@ -11,6 +16,8 @@ priority, so `journalctl -p err -u aiwm-agentd` shows them.
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
 import os
 import re
@@ -19,6 +26,7 @@ import threading
 import traceback
 from types import TracebackType
 from typing import TextIO
+from urllib.parse import quote, quote_plus
 
 MASK = "***"
 _MIN_SECRET_LEN = 6
@@ -27,26 +35,72 @@ _JWT_RE = re.compile(r"eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,
 # Not `\b`: in Bot API URLs the token follows "/bot" directly, and it may end in "-".
 _TELEGRAM_TOKEN_RE = re.compile(r"(?<![0-9])\d{5,}:[A-Za-z0-9_-]{30,}(?![A-Za-z0-9_-])")
 _BEARER_RE = re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]{8,}")
+# The password of `scheme://user:password@host...`: everything between the first ":" of the userinfo and "@".
+_URL_PASSWORD_RE = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^\s/?#@:]*):[^\s/?#@]+@")
+# A base64 run shorter than this is not masked: too little of the secret to matter, too likely a false hit.
+_MIN_ENCODED_LEN = 8
 
 _lock = threading.Lock()
 _secrets: frozenset[str] = frozenset()
+_forms: tuple[str, ...] = ()  # every registered value in every encoded form, longest first
+
+
+def _base64_cores(raw: bytes) -> set[str]:
+    """The base64 characters that encode `raw` alone, wherever it sits in a longer encoded blob.
+
+    A byte string inside a blob starts at offset 0, 1 or 2 of a 3-byte group, and each alignment gives
+    different characters; the first and last characters of each alignment also carry bits of the
+    neighbouring bytes, so only the characters made purely of `raw`'s bits are kept.
+    """
+    cores: set[str] = set()
+    for offset in range(3):
+        encoded = base64.b64encode(b"\0" * offset + raw).decode()
+        start = (offset * 8 + 5) // 6  # first character with no bit of the prefix
+        end = ((offset + len(raw)) * 8) // 6  # characters past this also hold bits of what follows
+        core = encoded[start:end]
+        if len(core) >= _MIN_ENCODED_LEN:
+            cores.add(core)
+            cores.add(core.replace("+", "-").replace("/", "_"))  # the URL-safe alphabet
+    return cores
+
+
+def encoded_forms(value: str) -> set[str]:
+    """`value` as it appears percent-encoded, JSON-escaped and base64-encoded (std and URL-safe)."""
+    forms = {value, quote(value, safe=""), quote_plus(value), quote(value), json.dumps(value)[1:-1],
+             json.dumps(value, ensure_ascii=False)[1:-1]}
+    forms |= _base64_cores(value.encode())
+    return {f for f in forms if f}
 
 
 def register_secret(value: str | None) -> None:
-    """Remember a secret value so that it is masked wherever it would be logged."""
-    global _secrets
+    """Remember a secret value so that it is masked wherever it would be logged, in its encoded forms too."""
+    global _secrets, _forms
     if not value or len(value) < _MIN_SECRET_LEN:
         return
     with _lock:
-        if value not in _secrets:
-            _secrets = _secrets | {value}
+        if value in _secrets:
+            return
+        _secrets = _secrets | {value}
+        # Longest first, so a secret containing another is masked whole.
+        _forms = tuple(sorted(set(_forms) | encoded_forms(value), key=lambda f: (-len(f), f)))
+
+
+def mask_url_credentials(text: str) -> str:
+    """`https://user:***@host`: the password of every URL in `text`, registered or not."""
+    if "@" not in text or "://" not in text:  # the common case, without running the regex
+        return text
+    return _URL_PASSWORD_RE.sub(lambda m: f"{m.group(1)}:{MASK}@", text)
 
 
 def mask(text: str) -> str:
-    """Return `text` with every registered secret and token-shaped string replaced by `***`."""
-    for secret in sorted(_secrets, key=len, reverse=True):
-        if secret in text:
-            text = text.replace(secret, MASK)
+    """Return `text` with every registered secret (in its encoded forms too), every URL password and
+    token-shaped string replaced by `***`."""
+    # Plain substring tests: one C-level scan per form, measurably cheaper than one big alternation regex
+    # (benchmarks/bench_mask.py), and secrets are rarely present at all.
+    for form in _forms:
+        if form in text:
+            text = text.replace(form, MASK)
+    text = mask_url_credentials(text)
     text = _JWT_RE.sub(MASK, text)
     text = _TELEGRAM_TOKEN_RE.sub(MASK, text)
     return _BEARER_RE.sub(lambda m: m.group(1) + MASK, text)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from aiwm_agentd.logs import mask_url_credentials
 from aiwm_agentd.workers import WorkerHealth
 
 
@@ -129,13 +130,14 @@ def health_document(s: StatusSnapshot, now: float) -> dict[str, Any]:
 
 
 def chat_summary(s: StatusSnapshot, now: float) -> dict[str, Any]:
-    """What chat `/status` shows (see platforms/commands.format_status)."""
+    """What chat `/status` shows to an admin (see platforms/commands.format_status: others get
+    PUBLIC_STATUS_KEYS only). The controller URL never shows its password."""
     return {
         "agent": s.agent_name,
         "agent_id": s.agent_id,
         "state": s.state,
         "healthy": assess(s).healthy,
-        "controller": s.controller_url if s.controller_enabled else "(local mode)",
+        "controller": mask_url_credentials(s.controller_url) if s.controller_enabled else "(local mode)",
         "controller_version": s.controller_version,
         "last_heartbeat_age_s": _age(s.last_heartbeat_at, now),
         "model": s.model,

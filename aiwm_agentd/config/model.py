@@ -27,7 +27,7 @@ class ClaudeConfig:
     api_key: str
     base_url: str  # deployment.baseAPIEndpoint > ANTHROPIC_BASE_URL > "" (the CLI's default)
     cli_path: str
-    tool_names: tuple[str, ...] | None  # the controller's tool whitelist; None = none sent
+    tool_names: tuple[str, ...] | None  # the tool whitelist (see snapshot._tools); None = the controller sent none
     allowed_functions: tuple[str, ...]  # v5; empty = all allowed
     mcp_servers: Mapping[str, Any]  # SDK `mcp_servers` form, Authorization = current token
     max_concurrency: int
@@ -44,6 +44,7 @@ class ClaudeConfig:
     take_work: bool = False  # carry out work items offered in heartbeat answers
     config_poll_interval: float = 300.0  # seconds between GET config polls while connected
     mcp_proxy: bool = True  # the controller's HTTP MCP servers through the loopback proxy (realtime/mcp_proxy.py)
+    local_tools: tuple[str, ...] = ()  # CLAUDE_ALLOWED_TOOLS: the whitelist without a controller
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,8 @@ class PlatformConfig:
     api_base_url: str  # "" = the public API
     gateway_url: str = ""  # Discord only (Telegram has no such key); "" = the public gateway
     catchup_window: float = 0.0  # oldest message answered after downtime, seconds
+    allowed_user_ids: tuple[str, ...] = ()  # who may talk; empty = everyone in target_ids, no DMs
+    admin_user_ids: tuple[str, ...] = ()  # who may /reload, /stop others' turns, see /status details
 
 
 @dataclass(frozen=True)

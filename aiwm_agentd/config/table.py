@@ -134,7 +134,7 @@ CLAUDE_SETTINGS: tuple[Setting, ...] = (
             flat="claude_oauthToken", nested="claudeOAuthToken", secret=True),
     _claude("ANTHROPIC_API_KEY", "api_key", p.parse_text, "", "Anthropic API key", secret=True),
     _claude("ANTHROPIC_BASE_URL", "base_url", p.parse_http_url, "",
-            "an inference proxy (the controller's deployment.baseAPIEndpoint wins)"),
+            "an inference proxy (the controller's deployment.baseAPIEndpoint wins)", show=_show_url),
     _claude("CLAUDE_CLI_PATH", "cli_path", p.parse_text, "", "a system-wide Claude Code CLI"),
     _claude("CLAUDE_MAX_CONCURRENCY", "max_concurrency", p.parse_positive_int, 2, "turns running at once",
             flat="assistant_maxConcurrency"),
@@ -167,6 +167,8 @@ CLAUDE_SETTINGS: tuple[Setting, ...] = (
     _claude("AIWM_MCP_PROXY", "mcp_proxy", p.parse_bool, True,
             "reach the controller's MCP servers through a loopback proxy (absorbs controller quirks)",
             flat="realtime_mcpProxy"),
+    _claude("CLAUDE_ALLOWED_TOOLS", "local_tools", p.parse_ids, (),
+            "tools the agent may use without a controller (exact names: Read,Grep,Bash); empty = none"),
 )
 
 
@@ -186,13 +188,21 @@ def platform_settings(name: str, *, token_env: str, ids_env: str, ids_key: str, 
         row(f"{upper}_REQUIRE_MENTION", "require_mentions", p.parse_bool, True,
             "answer in groups only when mentioned or replied to", flat=f"{name}_requireMentions"),
         row(f"{upper}_ALLOW_DMS", "allow_direct_messages", p.parse_bool, False, "also answer direct messages"),
-        row(f"{upper}_API_BASE_URL", "api_base_url", p.parse_http_url, "", "self-hosted or proxied API"),
+        row(f"{upper}_API_BASE_URL", "api_base_url", p.parse_http_url, "", "self-hosted or proxied API",
+            show=_show_url),
     ]
     if name == "discord":
-        rows.append(row("DISCORD_GATEWAY_URL", "gateway_url", p.parse_ws_url, "", "self-hosted gateway"))
+        rows.append(row("DISCORD_GATEWAY_URL", "gateway_url", p.parse_ws_url, "", "self-hosted gateway",
+                        show=_show_url))
     rows.append(row(f"{upper}_CATCHUP_WINDOW", "catchup_window", p.parse_seconds, 3 * 3600.0,
                     "messages sent while the agent was down are answered up to this many seconds back "
                     "(Discord reads this much channel history)"))
+    rows.append(row(f"{upper}_ALLOWED_USER_IDS", "allowed_user_ids", p.parse_ids, (),
+                    "user ids who may talk to the agent (empty: everyone in the allowed groups, no direct "
+                    "messages)", flat=f"{name}_allowedUserIds", nested=f"{name}.allowedUserIds"))
+    rows.append(row(f"{upper}_ADMIN_USER_IDS", "admin_user_ids", p.parse_ids, (),
+                    "user ids who may /reload, /stop others' turns and see /status details (empty: nobody)",
+                    flat=f"{name}_adminUserIds", nested=f"{name}.adminUserIds"))
     return tuple(rows)
 
 

@@ -20,6 +20,12 @@ running turns get the rest of the deadline (`_drain_turns`), and a turn the runn
 (`shutting_down`) leaves its message pending and its chat gets one "restarting" notice while the platform
 is still up. After a restart `_replay_pending()` answers what is pending, in order, with a late-answer note,
 and gives up (honestly) a message whose turn was started `max_attempts` times.
+
+Access (issue 9, docs-access.md): the subclasses pass each message's sender (`author_id`); who may talk is
+decided before (addressing.should_answer), which command a sender may use here (`_command_answer`): the
+sender of each pending turn is remembered per conversation, so a non-admin's /stop only stops their own
+turn. Every outgoing text goes through `logs.mask` (`send_text`): a backstop for a secret that reached a
+reply, in any of its encoded forms.
 """
 
 from __future__ import annotations
@@ -39,7 +45,14 @@ from aiwm_agentd import logs
 from aiwm_agentd.config import AgentConfig, PlatformConfig
 from aiwm_agentd.inbox import Entry, Inbox, open_inbox
 from aiwm_agentd.loopthread import LoopNotRunning, LoopState, LoopThread
-from aiwm_agentd.platforms.commands import Command, format_reload, format_status
+from aiwm_agentd.platforms.addressing import is_admin
+from aiwm_agentd.platforms.commands import (
+    ADMIN_ONLY_RELOAD,
+    ADMIN_ONLY_STOP,
+    Command,
+    format_reload,
+    format_status,
+)
 from aiwm_agentd.platforms.split import split_message
 from aiwm_agentd.runner import failures
 from aiwm_agentd.workers import ConversationKey, DaemonControl, HealthState, Reply, Runner, WorkerHealth
@@ -158,6 +171,7 @@ class PlatformWorker(abc.ABC):
         self._tasks: set[asyncio.Task[Any]] = set()
         self._tails: dict[ConversationKey, asyncio.Future[None]] = {}
         self._typing: dict[ConversationKey, _Typing] = {}
+        self._senders: dict[ConversationKey, list[tuple[object, str]]] = {}  # pending turns: (token, author)
         self._refusals = RefusalGate()
         self._logged_config_error = ""
         self._inbox: Inbox | None = None
@@ -178,7 +192,7 @@ class PlatformWorker(abc.ABC):
         self._deadline = float("inf")
         # Fresh loop-side state for every run (asyncio primitives bind to a loop on first use).
         self._wake = asyncio.Event()
-        self._tasks, self._tails, self._typing = set(), {}, {}
+        self._tasks, self._tails, self._typing, self._senders = set(), {}, {}, {}
         self._intake_open = True
         self._in_flight, self._told_restart = set(), set()
         if self._inbox is None:
@@ -348,17 +362,19 @@ class PlatformWorker(abc.ABC):
             await asyncio.wait(tasks, timeout=0.2)
         self._tails.clear()
         self._typing.clear()
+        self._senders.clear()
         self._in_flight.clear()  # their answers are lost with the session: the next one replays them
 
     def handle_message(self, key: ConversationKey, text: str, command: Command | None,
                        responder: Responder, *, message_key: str = "", address: Mapping[str, str] | None = None,
-                       sent_at: float | None = None) -> None:
+                       sent_at: float | None = None, author_id: str = "") -> None:
         """Called synchronously from the library callback for a message that should be answered.
 
         `message_key` (the platform's dedup key) and `address` (how to reply later) make it durable;
-        `sent_at` (epoch) marks an answer as late when the message waited for us."""
+        `sent_at` (epoch) marks an answer as late when the message waited for us; `author_id` (the sender)
+        decides which commands are allowed and whose turn a /stop may end."""
         if command is not None:
-            self._spawn(self._run_command(key, command, responder))
+            self._spawn(self._run_command(key, command, responder, author_id))
             return
         if not text.strip():
             return
@@ -372,10 +388,10 @@ class PlatformWorker(abc.ABC):
                 self._spawn(self._tell_restarting(key, responder))
                 return
         note = late_note(sent_at, time.time()) if sent_at is not None else ""
-        self._submit(key, text, responder, message_key if inbox is not None else "", note)
+        self._submit(key, text, responder, message_key if inbox is not None else "", note, author_id)
 
     def _submit(self, key: ConversationKey, text: str, responder: Responder, message_key: str,
-                note: str) -> None:
+                note: str, author_id: str = "") -> None:
         if message_key:
             self._in_flight.add(message_key)
         try:
@@ -396,6 +412,7 @@ class PlatformWorker(abc.ABC):
         previous = self._tails.get(key)
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._tails[key] = done
+        self._senders.setdefault(key, []).append((done, author_id))
         self._typing_begin(key, responder)
         self._spawn(self._finish_turn(key, future, responder, previous, done, message_key, note))
 
@@ -456,10 +473,22 @@ class PlatformWorker(abc.ABC):
                 self._mark_done(message_key)
         finally:
             self._typing_end(key)
+            self._forget_sender(key, done)
             if not done.done():
                 done.set_result(None)
             if self._tails.get(key) is done:
                 del self._tails[key]
+
+    def _forget_sender(self, key: ConversationKey, token: object) -> None:
+        senders = self._senders.get(key, [])
+        senders[:] = [entry for entry in senders if entry[0] is not token]
+        if not senders:
+            self._senders.pop(key, None)
+
+    def _running_sender(self, key: ConversationKey) -> str | None:
+        """The sender of the oldest pending turn of `key` (the one the runner is on); None when idle."""
+        senders = self._senders.get(key)
+        return senders[0][1] if senders else None
 
     async def _keep_typing(self, responder: Responder) -> None:
         while True:
@@ -472,8 +501,9 @@ class PlatformWorker(abc.ABC):
             await asyncio.sleep(self.typing_interval)
 
     async def send_text(self, responder: Responder, text: str) -> bool:
-        """Send `text` in chunks; False when a chunk could not be sent (logged)."""
-        for chunk in split_message(text, self.message_limit):
+        """Send `text` (masked: no registered secret leaves in a reply) in chunks; False when a chunk could
+        not be sent (logged)."""
+        for chunk in split_message(logs.mask(text), self.message_limit):
             try:
                 await responder.send(chunk)
             except asyncio.CancelledError:
@@ -529,7 +559,8 @@ class PlatformWorker(abc.ABC):
                 self._spawn(self._give_up(entry, responder))
                 continue
             count += 1
-            self._submit(key, entry.text, responder, entry.key, late_note(entry.accepted_at, time.time(), True))
+            self._submit(key, entry.text, responder, entry.key, late_note(entry.accepted_at, time.time(), True),
+                         entry.address.get("author", ""))
         if count:
             self.log.info("%s: answering %d message(s) left unanswered by the last run", self.name, count)
         return count
@@ -538,9 +569,10 @@ class PlatformWorker(abc.ABC):
         if await self.send_text(responder, failures.GIVEN_UP_NOTICE):
             self._mark_done(entry.key)
 
-    async def _run_command(self, key: ConversationKey, command: Command, responder: Responder) -> None:
+    async def _run_command(self, key: ConversationKey, command: Command, responder: Responder,
+                           author_id: str = "") -> None:
         try:
-            answer = await self._command_answer(key, command)
+            answer = await self._command_answer(key, command, author_id)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -548,17 +580,25 @@ class PlatformWorker(abc.ABC):
             answer = f"/{command.name} failed: {_describe(exc)}"
         await self.send_text(responder, answer)
 
-    async def _command_answer(self, key: ConversationKey, command: Command) -> str:
+    async def _command_answer(self, key: ConversationKey, command: Command, author_id: str = "") -> str:
+        admin = is_admin(author_id, self._config)
         if command.name == "new":
             self._runner.reset(key)
             return "Started a fresh session for this conversation."
         if command.name == "stop":
+            running = self._running_sender(key)
+            if not admin and running is not None and running != author_id:
+                self.log.info("%s: /stop in %s refused: the running turn is someone else's", self.name, key)
+                return ADMIN_ONLY_STOP
             stopped = self._runner.interrupt(key)
             return "Stopped the running turn." if stopped else "Nothing is running here."
         if command.name == "status":
             return format_status(self._control.status_summary(), self._runner.queue_depth(key),
-                                 self._runner.busy)
+                                 self._runner.busy, admin=admin)
         if command.name == "reload":
+            if not admin:
+                self.log.info("%s: /reload in %s refused: not an admin", self.name, key)
+                return ADMIN_ONLY_RELOAD
             changes = await asyncio.wait_for(asyncio.wrap_future(self._control.request_reload()),
                                              RELOAD_TIMEOUT)
             return format_reload(changes)

@@ -247,6 +247,7 @@ class DiscordWorker(PlatformWorker):
             chat_ids=tuple(chat_ids),
             mentioned=me.id in message.raw_mentions or any(u.id == me.id for u in message.mentions),
             replied_to_bot=isinstance(resolved, discord.Message) and resolved.author.id == me.id,
+            author_id=str(message.author.id),
         )
         if not should_answer(inbound, self._config):
             return
@@ -255,9 +256,10 @@ class DiscordWorker(PlatformWorker):
         if command is not None and command.for_other_bot:
             return
         key = ConversationKey("discord", chat_ids[-1], thread)
-        address = {"channel": str(channel.id), "message": str(message.id)}
+        author = str(message.author.id)
+        address = {"channel": str(channel.id), "message": str(message.id), "author": author}
         self.handle_message(key, text, command, DiscordResponder(message), message_key=str(message.id),
-                            address=address, sent_at=message.created_at.timestamp())
+                            address=address, sent_at=message.created_at.timestamp(), author_id=author)
 
 
 def strip_mention(text: str, user_id: int) -> str:

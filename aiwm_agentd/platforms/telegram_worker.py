@@ -206,6 +206,7 @@ class TelegramWorker(PlatformWorker):
             mentioned=self._mentioned(message, mention),
             replied_to_bot=bool(reply_to and reply_to.from_user and reply_to.from_user.id == self._bot_id),
             explicit_command=command is not None,
+            author_id=str(message.from_user.id),
         )
         if not should_answer(inbound, self._config):
             return
@@ -218,10 +219,12 @@ class TelegramWorker(PlatformWorker):
         thread = str(message.message_thread_id) if message.is_topic_message else ""
         key = ConversationKey("telegram", str(message.chat_id), thread)
         cleaned = _strip_mention(text, mention) if mention else text
-        address = {"chat": str(message.chat_id), "message": str(message.message_id), "thread": thread}
+        author = str(message.from_user.id)
+        address = {"chat": str(message.chat_id), "message": str(message.message_id), "thread": thread,
+                   "author": author}
         self.handle_message(key, cleaned, command, TelegramResponder.to(context.bot, message, self),
                             message_key=f"{message.chat_id}:{message.message_id}", address=address,
-                            sent_at=sent_at)
+                            sent_at=sent_at, author_id=author)
 
     def _mentioned(self, message: Message, mention: str) -> bool:
         for entity, value in {**message.parse_entities(), **message.parse_caption_entities()}.items():

@@ -5,16 +5,20 @@ is only called from the runner's thread.
 
 Tool whitelist mapping (controller -> Claude Code)
 --------------------------------------------------
-The controller names tools in two ways: v1/v2/v5 `tools[].name` (`ClaudeConfig.tool_names`; `None` = no list
-sent) and v5 `allowedFunctions` (`ClaudeConfig.allowed_functions`; empty = all allowed). When neither restricts,
-the CLI keeps its default built-in tool set. Otherwise the union of both lists is the whitelist, and each name is
-mapped so:
+The whitelist fails closed. `ClaudeConfig.tool_names` is what the snapshot resolved (config/snapshot._tools):
+the controller's v1/v2/v5 `tools[].name`, or the last list it sent (kept on disk) while it is unreachable, or
+`CLAUDE_ALLOWED_TOOLS` in local mode; an empty tuple means no tool at all. `None` means a connected
+controller sent no list (v3/v4): then the model gets the MCP servers the controller configured and no
+built-in tool. Otherwise the union of `tool_names` and v5 `allowedFunctions` is the whitelist, and each name
+is mapped so:
 
-- a Claude Code built-in, matched ignoring case, `-`, `_` and spaces, plus a few aliases the controller uses
-  (`read-file` -> `Read`, `shell` -> `Bash`, ...; see `_BUILTIN_ALIASES`) -> that built-in;
+- a Claude Code built-in, by its exact name only (`Bash`, `Read`, ...): no aliases, no case folding. A
+  controller name such as `search`, `fetch`, `run_command` or `terminal` is *not* widened to WebSearch,
+  WebFetch or Bash: it names a tool of the controller's MCP server;
 - `mcp__<Server>__<tool>` -> that MCP tool, and `mcp__<Server>` -> every tool of that server;
 - any other plain name -> a tool of that name on each configured MCP server (`mcp__<Server>__<name>`): the
-  controller's own tools are served by its `Builtin` MCP server.
+  controller's own tools are served by its `Builtin` MCP server. With no MCP server it maps to nothing and
+  is reported as unknown.
 
 Enforcement, because `allowed_tools` in the SDK only auto-approves and does not hide anything:
 - `tools=[built-ins]` is the base set the model sees (`[]` = no built-in tool at all);
@@ -31,7 +35,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,13 +51,6 @@ BUILTIN_TOOLS = (
     "Agent", "Bash", "BashOutput", "Edit", "ExitPlanMode", "Glob", "Grep", "KillShell", "MultiEdit",
     "NotebookEdit", "Read", "Skill", "SlashCommand", "Task", "TodoWrite", "WebFetch", "WebSearch", "Write",
 )
-_BUILTIN_ALIASES = {
-    "readfile": "Read", "filereader": "Read", "writefile": "Write", "editfile": "Edit", "shell": "Bash",
-    "terminal": "Bash", "runcommand": "Bash", "websearch": "WebSearch", "search": "WebSearch",
-    "webfetch": "WebFetch", "fetch": "WebFetch", "fetchurl": "WebFetch", "todo": "TodoWrite",
-}
-_BUILTIN_BY_KEY = {name.lower(): name for name in BUILTIN_TOOLS} | _BUILTIN_ALIASES
-
 # Variables the CLI child inherits from the daemon unchanged; every other inherited variable is blanked.
 _PASSTHROUGH = frozenset({
     "PATH", "LANG", "LANGUAGE", "TZ", "TMPDIR", "USER", "LOGNAME", "SHELL",
@@ -67,10 +63,6 @@ _PASSTHROUGH = frozenset({
 DEFAULT_MAX_RETRIES = "2"
 # Permission mode used instead of bypassPermissions when running as root (the CLI refuses that combination).
 ROOT_PERMISSION_FALLBACK = "acceptEdits"
-
-
-def _key(name: str) -> str:
-    return re.sub(r"[\s_\-]", "", name).lower()
 
 
 @dataclass(frozen=True)
@@ -107,10 +99,11 @@ class ToolPlan:
 
 
 def plan_tools(claude: ClaudeConfig) -> ToolPlan:
-    names = list(claude.tool_names or ()) + list(claude.allowed_functions)
-    if claude.tool_names is None and not claude.allowed_functions:
-        return ToolPlan(restricted=False)
+    """The whitelist in the SDK's terms (see the module docstring); never unrestricted."""
     servers = list(claude.mcp_servers)
+    if claude.tool_names is None and not claude.allowed_functions:
+        return ToolPlan(restricted=True, mcp_servers=frozenset(servers))
+    names = list(claude.tool_names or ()) + list(claude.allowed_functions)
     builtins: list[str] = []
     mcp_tools: set[str] = set()
     whole: set[str] = set()
@@ -126,10 +119,9 @@ def plan_tools(claude: ClaudeConfig) -> ToolPlan:
             else:
                 mcp_tools.add(name)
             continue
-        builtin = _BUILTIN_BY_KEY.get(_key(name))
-        if builtin is not None:
-            if builtin not in builtins:
-                builtins.append(builtin)
+        if name in BUILTIN_TOOLS:
+            if name not in builtins:
+                builtins.append(name)
         elif servers:
             mcp_tools.update(f"mcp__{server}__{name}" for server in servers)
         else:

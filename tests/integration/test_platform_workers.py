@@ -219,7 +219,8 @@ def test_discord_answers_only_addressed_messages_in_allowed_channels(rig: Rig) -
 
 
 def test_direct_messages_when_allowed_and_everything_without_require_mentions(rig: Rig) -> None:
-    config = make_config(rig.tg, rig.dc, TELEGRAM_ALLOW_DMS="true", DISCORD_REQUIRE_MENTION="false")
+    config = make_config(rig.tg, rig.dc, TELEGRAM_ALLOW_DMS="true", DISCORD_REQUIRE_MENTION="false",
+                         TELEGRAM_ALLOWED_USER_IDS="42")  # direct messages are answered from listed users only
     sessions = (rig.telegram.sessions_started, rig.discord.sessions_started)
     for w in rig.workers():
         w.apply(config)
@@ -306,6 +307,9 @@ def test_telegram_429_is_honoured(rig: Rig) -> None:
 
 
 def test_chat_commands(rig: Rig) -> None:
+    admins = make_config(rig.tg, rig.dc, TELEGRAM_ADMIN_USER_IDS="42", DISCORD_ADMIN_USER_IDS="42")
+    for w in rig.workers():
+        w.apply(admins)  # /reload is for admins (the fakes' default sender is user 42)
     rig.tg.inject_message(GROUP, "/new")
     assert rig.tg.wait_for_sent(1)[0]["text"].startswith("Started a fresh session")
     assert rig.runner.resets == [ConversationKey("telegram", str(GROUP))]

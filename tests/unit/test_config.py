@@ -135,11 +135,14 @@ def test_numbers_as_strings():
     assert cfg.warnings == ()
 
 
-def test_deployment_base_url_beats_env():
+def test_deployment_base_url_beats_env_and_gets_the_controllers_credential_only():
     deployment = {"id": "d", "baseAPIEndpoint": "http://127.0.0.1:3400/proxy"}
-    cfg = build({}, {"ANTHROPIC_BASE_URL": "http://127.0.0.1:9999"}, deployment=deployment)
+    env = {"ANTHROPIC_BASE_URL": "http://127.0.0.1:9999", "ANTHROPIC_API_KEY": "sk-local-key-123456"}
+    cfg = build({"claude_oauthToken": "ctl-oauth-abcdef"}, env, deployment=deployment)
     assert cfg.claude.base_url == "http://127.0.0.1:3400/proxy"
-    assert build({}, {"ANTHROPIC_BASE_URL": "http://127.0.0.1:9999"}).claude.base_url == "http://127.0.0.1:9999"
+    assert cfg.claude.oauth_token == "ctl-oauth-abcdef"
+    assert cfg.claude.api_key == ""  # the local key never goes to the controller's endpoint
+    assert build({}, env).claude.base_url == "http://127.0.0.1:9999"
 
 
 # -- v5 channels ---------------------------------------------------------------------------------

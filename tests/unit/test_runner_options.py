@@ -28,11 +28,20 @@ def _config(tmp_path: Path, **claude: Any) -> AgentConfig:
     return agent_config(tmp_path, "http://127.0.0.1:9", **claude)  # type: ignore[no-any-return]
 
 
-def test_no_tool_list_leaves_the_cli_default(tmp_path: Path) -> None:
+def test_no_tool_list_from_the_controller_means_its_mcp_servers_and_no_builtin(tmp_path: Path) -> None:
+    config = _config(tmp_path, tool_names=None, mcp_servers=BUILTIN_MCP)
+    plan = plan_tools(config.claude)
+    assert plan.restricted and not plan.allows("Bash") and not plan.allows("Read")
+    assert plan.allows("mcp__Builtin__SearchMemory") and not plan.allows("mcp__X__y")
+    options = build_options(config, RunnerPaths(tmp_path), OptionInputs(), inherited={})
+    assert options.tools == [] and options.allowed_tools == ["mcp__Builtin"]
+
+
+def test_no_tool_list_and_no_mcp_server_means_no_tools(tmp_path: Path) -> None:
     plan = plan_tools(_config(tmp_path).claude)
-    assert not plan.restricted and plan.allows("Bash") and plan.allows("mcp__X__y")
+    assert plan.restricted and not plan.allows("Bash") and not plan.allows("mcp__X__y")
     options = build_options(_config(tmp_path), RunnerPaths(tmp_path), OptionInputs(), inherited={})
-    assert options.tools is None and options.allowed_tools == [] and options.disallowed_tools == []
+    assert options.tools == [] and options.allowed_tools == []
 
 
 def test_empty_tool_list_means_no_tools(tmp_path: Path) -> None:
@@ -43,10 +52,25 @@ def test_empty_tool_list_means_no_tools(tmp_path: Path) -> None:
     assert options.tools == []
 
 
-def test_controller_names_map_to_builtins(tmp_path: Path) -> None:
-    plan = plan_tools(_config(tmp_path, tool_names=("read-file", "BASH", "web_search", "Grep", "Read")).claude)
-    assert plan.builtins == ("Read", "Bash", "WebSearch", "Grep")
+def test_controller_names_map_to_builtins_by_exact_name_only(tmp_path: Path) -> None:
+    plan = plan_tools(_config(tmp_path, tool_names=("Read", "Bash", "Grep", "Read")).claude)
+    assert plan.builtins == ("Read", "Bash", "Grep")
     assert plan.allows("Bash") and not plan.allows("Write")
+    loose = plan_tools(_config(tmp_path, tool_names=("read-file", "BASH", "web_search", "bash")).claude)
+    assert loose.builtins == () and loose.unknown == ("read-file", "BASH", "web_search", "bash")
+
+
+def test_controller_names_are_never_widened_to_builtins(tmp_path: Path) -> None:
+    names = ("search", "fetch", "run_command", "terminal", "shell")
+    plan = plan_tools(_config(tmp_path, tool_names=names, mcp_servers=BUILTIN_MCP).claude)
+    assert plan.builtins == ()
+    for builtin in ("WebSearch", "WebFetch", "Bash"):
+        assert not plan.allows(builtin)
+    for name in names:  # the controller's MCP server offers them: they are its tools
+        assert plan.allows(f"mcp__Builtin__{name}")
+    options = build_options(_config(tmp_path, tool_names=names, mcp_servers=BUILTIN_MCP), RunnerPaths(tmp_path),
+                            OptionInputs(), inherited={})
+    assert options.tools == [] and "Bash" not in (options.allowed_tools or [])
 
 
 def test_unknown_names_without_mcp_are_reported(tmp_path: Path) -> None:
