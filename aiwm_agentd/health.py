@@ -30,6 +30,7 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from aiwm_agentd import logs
 from aiwm_agentd.config import is_loopback_host
 
 log = logging.getLogger("aiwm_agentd.health")
@@ -303,7 +304,8 @@ class HealthServer:
             if request.path == "/health":
                 snap = self._snapshot()
                 status = HTTPStatus.OK if snap.get("healthy") else HTTPStatus.SERVICE_UNAVAILABLE
-                body = json.dumps(snap, indent=2, default=str).encode() + b"\n"
+                # Masked as a backstop: nothing secret belongs in the snapshot in the first place.
+                body = logs.mask(json.dumps(snap, indent=2, default=str)).encode() + b"\n"
                 return render_response(status, body, _JSON, keep_alive=keep_alive, head_only=head_only)
             if request.path == "/metrics":
                 return render_response(HTTPStatus.OK, self._metrics(), CONTENT_TYPE_LATEST, keep_alive=keep_alive,

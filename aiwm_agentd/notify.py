@@ -13,6 +13,8 @@ import os
 import socket
 from collections.abc import MutableMapping
 
+from aiwm_agentd import logs
+
 log = logging.getLogger("aiwm_agentd.notify")
 
 _MAX_STATUS = 200
@@ -20,7 +22,7 @@ _MAX_STATUS = 200
 
 def sanitize_status(text: str) -> str:
     """One printable line: newlines would be read by systemd as further assignments."""
-    cleaned = "".join(ch if ch.isprintable() else " " for ch in text)
+    cleaned = "".join(ch if ch.isprintable() else " " for ch in logs.mask(text))
     return cleaned.strip()[:_MAX_STATUS]
 
 

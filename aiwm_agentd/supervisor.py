@@ -33,6 +33,7 @@ from aiwm_agentd.config import (
     load_daemon_settings,
     read_env_file,
     read_instruction_file,
+    url_without_password,
 )
 from aiwm_agentd.controller.calls import CallRunner
 from aiwm_agentd.controller.client import ControllerClient, ControllerError, HeartbeatResult, proxies_from_env
@@ -464,7 +465,7 @@ class Supervisor:
         return status.StatusSnapshot(
             version=__version__, started_at=self._started_wall, state=s.state,
             last_error=s.last_error, agent_id=c.agent_id, agent_name=c.agent_name,
-            controller_enabled=self.settings.enabled, controller_url=self.settings.base_url,
+            controller_enabled=self.settings.enabled, controller_url=url_without_password(self.settings.base_url),
             controller_version=s.controller.wire_version if s.controller else "", connected_at=s.connected_at,
             last_heartbeat_at=s.last_heartbeat_at, heartbeat_interval=self.settings.heartbeat_interval,
             heartbeat_failures_in_row=s.heartbeat_failures_in_row, heartbeat_enum=s.heartbeat_enum,
@@ -478,7 +479,7 @@ class Supervisor:
 
     def _publish(self) -> None:
         self._core = self._make_core()
-        line = status.status_line(self._core)
+        line = status.status_line(self.snapshot())  # with the workers: STATUS= names what is still connecting
         if line != self._last_status:
             self._last_status = line
             self.notifier.status(line)

@@ -10,8 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from aiwm_agentd.config.model import AgentConfig
-from aiwm_agentd.config.snapshot import mcp_with_token
 from aiwm_agentd.config.table import AGENT_SETTINGS, Setting
+from aiwm_agentd.controller.wire import without_auth
 
 
 def _value(config: AgentConfig, setting: Setting) -> Any:
@@ -33,6 +33,6 @@ def describe_changes(old: AgentConfig, new: AgentConfig) -> list[str]:
         changes.append("instruction: text changed")
     if (old.claude.tool_names, old.claude.allowed_functions) != (new.claude.tool_names, new.claude.allowed_functions):
         changes.append("tools: whitelist changed")
-    if mcp_with_token(old.claude.mcp_servers, "") != mcp_with_token(new.claude.mcp_servers, ""):
+    if without_auth(old.claude.mcp_servers) != without_auth(new.claude.mcp_servers):
         changes.append("mcp servers changed")
     return changes

@@ -60,7 +60,7 @@ class ControllerConfig:
             "tools": self.tools,
             "allowed": self.allowed_functions,
             "settings": self.settings,
-            "mcp": _without_auth(self.mcp_servers),
+            "mcp": without_auth(self.mcp_servers),
             "deployment": self.deployment_base_url,
             "channels": [c.__dict__ for c in self.channels],
             "name": self.agent_name,
@@ -68,7 +68,7 @@ class ControllerConfig:
         return json.dumps(payload, sort_keys=True, default=str)
 
 
-def _without_auth(servers: Mapping[str, Any]) -> dict[str, Any]:
+def without_auth(servers: Mapping[str, Any]) -> dict[str, Any]:
     # The Authorization header follows the token, which changes on every reconnect; that alone is
     # not a configuration change.
     result: dict[str, Any] = {}

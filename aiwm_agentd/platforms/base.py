@@ -151,10 +151,9 @@ class PlatformWorker(abc.ABC):
     backoff_base: float = 1.0
     backoff_cap: float = 60.0
     config_error_backoff: float = 600.0
-    # How often the session's health (and the refusal counters in its extra) is re-published; stop, restart and
-    # reload wake the monitor at once. This is the idle daemon's most frequent wake-up (2 per second per bot):
-    # 5 s would do once health() reads the counters live instead of from the last publication.
-    monitor_interval: float = 0.5
+    # How often the session's connection state is probed and re-published (counters and the inbox's state are
+    # read live by health()); stop, restart and reload wake the monitor at once.
+    monitor_interval: float = 5.0
 
     def __init__(self, config: AgentConfig, runner: Runner, control: DaemonControl) -> None:
         self.log = logging.getLogger(f"aiwm_agentd.platforms.{self.name}")
@@ -213,9 +212,10 @@ class PlatformWorker(abc.ABC):
 
     def health(self) -> WorkerHealth:
         if self._loop_thread.state is LoopState.DIED:
-            return WorkerHealth("error", f"worker thread died ({self._loop_thread.death_detail()})",
-                                alive=False, extra=self._health.extra)
-        return self._health
+            return self._live_health(WorkerHealth(
+                "error", f"worker thread died ({self._loop_thread.death_detail()})", alive=False,
+                extra=self._health.extra))
+        return self._live_health(self._health)
 
     def stop_intake(self) -> None:
         """First step of a stop: new messages are only recorded (answered after the restart); turns
@@ -289,17 +289,21 @@ class PlatformWorker(abc.ABC):
         self._set_health("stopped", "stopped")
 
     def _set_health(self, state: HealthState, detail: str, **extra: Any) -> None:
-        extra.setdefault("sessions", self.sessions_started)
-        extra.setdefault("refusals_answered", self._refusals.answered)
-        extra.setdefault("refusals_silenced", self._refusals.silenced)
+        """Publish the session's state; health() adds the live counters and the inbox's state to it."""
+        self._health = WorkerHealth(state, detail, alive=True, extra=extra)
+
+    def _live_health(self, published: WorkerHealth) -> WorkerHealth:
+        state, detail = published.state, published.detail
+        extra = {"sessions": self.sessions_started, "refusals_answered": self._refusals.answered,
+                 "refusals_silenced": self._refusals.silenced, **published.extra}
         inbox = self._inbox
         if inbox is not None:
-            extra.setdefault("inbox_pending", len(inbox.pending()))
+            extra["inbox_pending"] = len(inbox.pending())
             if inbox.degraded:
-                extra.setdefault("inbox", inbox.degraded)
+                extra["inbox"] = inbox.degraded
                 if state == "ok":
                     state, detail = "degraded", f"{detail}; {inbox.degraded}"
-        self._health = WorkerHealth(state, detail, alive=True, extra=extra)
+        return WorkerHealth(state, detail, alive=published.alive, extra=extra)
 
     def _time_left(self, floor: float = 0.05) -> float:
         """Seconds left for a graceful shutdown step (a stop deadline bounds every close)."""

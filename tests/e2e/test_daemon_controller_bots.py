@@ -33,7 +33,7 @@ class Rig:
         self.delay = 0.0
         self.ctl = FaultyController(version="v5", bcrypt_rounds=4).start()
         self.ctl.set_instruction("You are the controller-configured agent.", [])
-        self.ctl.set_settings({"claude_model": "claude-from-controller"})
+        self.ctl.set_settings({"claude_model": "claude-from-controller", "telegram_adminUserIds": "42"})
         self.ctl.set_mcp(True)
         # The bot comes from the controller only: no TELEGRAM_BOT_TOKEN in the env file.
         self.ctl.set_channels([{"platform": "telegram", "enabled": True, "token": TELEGRAM_TOKEN,

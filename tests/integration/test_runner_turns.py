@@ -37,7 +37,7 @@ def fresh_fake(fake: FakeAnthropic) -> Iterator[None]:
 
 def test_first_turn_sends_instruction_model_whitelist_and_api_key(fake: FakeAnthropic, tmp_path: Path) -> None:
     h = RunnerHarness(tmp_path, fake.url, instruction=INSTRUCTION, model="claude-test-model-1",
-                      tool_names=("read-file", "Bash", "grep"))
+                      tool_names=("Read", "Bash", "Grep"))
     try:
         reply = h.ask("hello there")
     finally:

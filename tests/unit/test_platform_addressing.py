@@ -45,9 +45,10 @@ def test_not_answered(inbound: Inbound) -> None:
 
 
 def test_settings_open_up_dms_and_unmentioned_messages_and_threads() -> None:
-    open_config = dataclasses.replace(CONFIG, require_mentions=False, allow_direct_messages=True)
-    assert should_answer(msg(mentioned=False), open_config)
-    assert should_answer(msg(is_direct=True, chat_ids=("42",), mentioned=False), open_config)
+    open_config = dataclasses.replace(CONFIG, require_mentions=False, allow_direct_messages=True,
+                                      allowed_user_ids=("42",))
+    assert should_answer(msg(mentioned=False, author_id="42"), open_config)
+    assert should_answer(msg(is_direct=True, chat_ids=("42",), mentioned=False, author_id="42"), open_config)
     assert not should_answer(msg(chat_ids=("-300",), mentioned=False), open_config)
     assert should_answer(msg(chat_ids=("999", "-200")), CONFIG)  # a thread under an allowed channel
     assert not should_answer(msg(), dataclasses.replace(CONFIG, target_ids=()))
