@@ -228,7 +228,9 @@ def show_value(setting: Setting, value: Any) -> str:
     if setting.secret:
         return logs.mask_value(value if isinstance(value, str) else "")
     if setting.show is not None:
-        return setting.show(value)
-    if isinstance(value, tuple):
-        return ",".join(value) if value else "(none)"
-    return str(value) if value != "" else "(unset)"
+        shown = setting.show(value)
+    elif isinstance(value, tuple):
+        shown = ",".join(value) if value else "(none)"
+    else:
+        shown = str(value) if value != "" else "(unset)"
+    return logs.mask(shown)  # a URL's password, or a secret pasted into the wrong key, is never shown

@@ -584,8 +584,11 @@ class PlatformWorker(abc.ABC):
             answer = f"/{command.name} failed: {_describe(exc)}"
         await self.send_text(responder, answer)
 
+    def _is_admin(self, author_id: str) -> bool:
+        return is_admin(author_id, self._config)
+
     async def _command_answer(self, key: ConversationKey, command: Command, author_id: str = "") -> str:
-        admin = is_admin(author_id, self._config)
+        admin = self._is_admin(author_id)
         if command.name == "new":
             self._runner.reset(key)
             return "Started a fresh session for this conversation."

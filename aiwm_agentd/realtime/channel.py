@@ -111,6 +111,11 @@ class AiwmChannel(PlatformWorker):
         self.last_error = ""
         self._open: tuple[Any, str] | None = None  # (client, namespace) while the socket is open
 
+    def _is_admin(self, author_id: str) -> bool:
+        """Portal users are signed in to the controller, which decides what each may do with this agent (its
+        own roles); the daemon does not second-guess that with a list of its own."""
+        return True
+
     # -- configuration --------------------------------------------------------------------------------
 
     def _channel_config(self, config: AgentConfig) -> PlatformConfig:
