@@ -38,6 +38,7 @@ from .conftest import (
     record,
     release_root,
     run,
+    stage_of,
 )
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(900)]
@@ -69,12 +70,6 @@ printf 'Types: deb\\nURIs: %s\\nSuites: %s\\nComponents: main\\nSigned-By: /etc/
   {REPO_URL} "$(. /etc/os-release && echo "$VERSION_CODENAME")" >/etc/apt/sources.list.d/aiwm-agentd.sources
 apt-get update
 """
-
-
-def stage_of(codename: str) -> Path:
-    """The venv a release's .deb was built from (packaging.mk): the machine's own release uses build/pkg."""
-    host = run(["bash", "-c", ". /etc/os-release && echo $VERSION_CODENAME"]).stdout.strip()
-    return REPO / ("build/pkg" if codename == host else f"build/pkg-{codename}")
 
 
 def repo_env(gnupghome: Path) -> dict[str, str]:

@@ -12,12 +12,12 @@ Figures go through `record()`; no timing is asserted beyond the unit's own timeo
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -283,7 +283,7 @@ def test_template_instance_runs_beside_the_main_agent(container: Container) -> N
     box.sh("systemctl stop aiwm-agentd@two.service")
 
 
-def test_upgrade_keeps_the_edited_env_file(container: Container, packages: dict[str, Any]) -> None:
+def test_upgrade_keeps_the_edited_env_file(container: Container, newer_deb: Callable[[str], Path]) -> None:
     box = container
     edited = GOOD_ENV + "# edited by the operator\n"
     box.write("/etc/aiwm/agent.env", edited, mode="0640", owner="root:aiwm-agentd")
@@ -291,15 +291,7 @@ def test_upgrade_keeps_the_edited_env_file(container: Container, packages: dict[
     pid_before = box.show(UNIT, "MainPID")["MainPID"]
     digest = hashlib.sha256(edited.encode()).hexdigest()
 
-    dist = Path(tempfile.mkdtemp(prefix="aiwm-systest-dist-", dir="/var/tmp"))
-    try:
-        env = dict(os.environ, AIWM_PKG_RELEASE="2", AIWM_DEB_SUFFIX=RELEASES[SUITE], AIWM_DEB_CODENAME=SUITE,
-                   DIST=str(dist), DEB_COMPRESSION="zstd")
-        run([str(REPO / "packaging/build-packages.sh"), "deb"], cwd=REPO, env=env, timeout=600)
-        newer = next(dist.glob(f"aiwm-agentd_*-2{RELEASES[SUITE]}_amd64.deb"))
-        shutil.copy(newer, box.root / "root/aiwm-agentd-2.deb")
-    finally:
-        shutil.rmtree(dist, ignore_errors=True)
+    shutil.copy(newer_deb(SUITE), box.root / "root/aiwm-agentd-2.deb")
     started = time.monotonic()
     proc = box.sh("dpkg -i /root/aiwm-agentd-2.deb", timeout=300)
     record("deb_upgrade_seconds", time.monotonic() - started)
