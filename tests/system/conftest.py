@@ -409,6 +409,12 @@ def wait_listening(box: Container, port: int) -> None:
         check=False).returncode == 0)
 
 
+# The daemon's line once the controller accepted it (aiwm_agentd/controller/session.py), e.g.
+# "start: connected as Dev Agent (controller v5, token valid for 3600 s)". The agents here know one
+# controller only, the dev controller on the container's loopback.
+CONNECTED = r"connected as .+ \(controller v\d"
+
+
 # Nothing of the dev tooling may be in an installed package (the build refuses it too: build-venv.sh).
 NO_DEVTOOLS_CHECK = (
     "find /opt/aiwm-agentd \\( -name 'aiwm_devtools*' -o -name 'bcrypt*' -o -path '*/aiwm_agentd/devcontroller.py' \\)"
