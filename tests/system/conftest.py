@@ -28,7 +28,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +118,36 @@ def packages(host_tools: None) -> dict[str, Any]:
     assert rpm.is_file(), rpm
     record("rpm_bytes", rpm.stat().st_size)
     return {"deb": debs[SUITE], "debs": debs, "rpm": rpm, "version": version}
+
+
+def stage_of(codename: str) -> Path:
+    """The venv a release's .deb was built from (packaging.mk): the machine's own release uses build/pkg."""
+    host = run(["bash", "-c", ". /etc/os-release && echo $VERSION_CODENAME"]).stdout.strip()
+    return REPO / ("build/pkg" if codename == host else f"build/pkg-{codename}")
+
+
+@pytest.fixture(scope="session")
+def newer_deb(packages: dict[str, Any]) -> Iterator[Callable[[str], Path]]:
+    """`newer_deb(codename)`: a throw-away release 2 of that release's .deb (the same venv, a higher
+    revision, zstd), what an upgrade installs; built once per session and release, deleted at the end."""
+    dist = Path(tempfile.mkdtemp(prefix="aiwm-systest-dist-", dir="/var/tmp"))
+    built: dict[str, Path] = {}
+
+    def build(codename: str) -> Path:
+        if codename not in built:
+            started = time.monotonic()
+            env = dict(os.environ, AIWM_PKG_RELEASE="2", AIWM_DEB_SUFFIX=RELEASES[codename],
+                       AIWM_DEB_CODENAME=codename, STAGE=str(stage_of(codename)), DIST=str(dist / codename),
+                       DEB_COMPRESSION="zstd")
+            run([str(REPO / "packaging/build-packages.sh"), "deb"], cwd=REPO, env=env, timeout=600)
+            built[codename] = next((dist / codename).glob(f"aiwm-agentd_*-2{RELEASES[codename]}_amd64.deb"))
+            record(f"newer_deb_build_seconds[{codename}]", time.monotonic() - started)
+        return built[codename]
+
+    try:
+        yield build
+    finally:
+        shutil.rmtree(dist, ignore_errors=True)
 
 
 def release_root(codename: str) -> Path:
@@ -377,6 +407,12 @@ def wait_listening(box: Container, port: int) -> None:
     box.wait_for(f"a listener on 127.0.0.1:{port}", lambda: box.sh(
         f"python3 -c 'import socket; socket.create_connection((\"127.0.0.1\", {port}), 1)'",
         check=False).returncode == 0)
+
+
+# The daemon's line once the controller accepted it (aiwm_agentd/controller/session.py), e.g.
+# "start: connected as Dev Agent (controller v5, token valid for 3600 s)". The agents here know one
+# controller only, the dev controller on the container's loopback.
+CONNECTED = r"connected as .+ \(controller v\d"
 
 
 # Nothing of the dev tooling may be in an installed package (the build refuses it too: build-venv.sh).

@@ -28,6 +28,7 @@ from typing import Any
 import pytest
 
 from .conftest import (
+    CONNECTED,
     NO_DEVTOOLS_CHECK,
     NO_DEVTOOLS_EXPECTED,
     RELEASES,
@@ -38,6 +39,7 @@ from .conftest import (
     record,
     release_root,
     run,
+    stage_of,
 )
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(900)]
@@ -69,12 +71,6 @@ printf 'Types: deb\\nURIs: %s\\nSuites: %s\\nComponents: main\\nSigned-By: /etc/
   {REPO_URL} "$(. /etc/os-release && echo "$VERSION_CODENAME")" >/etc/apt/sources.list.d/aiwm-agentd.sources
 apt-get update
 """
-
-
-def stage_of(codename: str) -> Path:
-    """The venv a release's .deb was built from (packaging.mk): the machine's own release uses build/pkg."""
-    host = run(["bash", "-c", ". /etc/os-release && echo $VERSION_CODENAME"]).stdout.strip()
-    return REPO / ("build/pkg" if codename == host else f"build/pkg-{codename}")
 
 
 def repo_env(gnupghome: Path) -> dict[str, str]:
@@ -231,7 +227,7 @@ def test_against_the_dev_controller(box: Container) -> None:
     mark = cursor(box)
     box.sh(f"systemctl restart {UNIT}", timeout=120)
     box.wait_for("connected and two heartbeats", lambda: (
-        count(box.journal(UNIT, mark), r"connected to http://127\.0\.0\.1") >= 1
+        count(box.journal(UNIT, mark), CONNECTED) >= 1
         and count(box.journal(UNIT, mark), r"heartbeat") >= 2), timeout=60)
     box.wait_for("healthy", lambda: healthy(box), timeout=30)
     assert f"http://127.0.0.1:{CONTROLLER_PORT}" in box.out("aiwm-agentd status")
@@ -277,6 +273,6 @@ def test_apt_upgrade_keeps_the_env_file_and_restarts_the_agent(box: Container, p
     assert box.out("ls /etc/aiwm") == listing
     box.wait_for("active again", lambda: box.out(f"systemctl is-active {UNIT}", check=False) == "active")
     assert box.show(UNIT, "MainPID")["MainPID"] not in ("0", pid_before)  # restarted by the upgrade
-    box.wait_for("reconnected", lambda: count(box.journal(UNIT, mark), r"connected to http://127\.0\.0\.1") >= 1,
+    box.wait_for("reconnected", lambda: count(box.journal(UNIT, mark), CONNECTED) >= 1,
                  timeout=60)
     box.wait_for("healthy after the upgrade", lambda: healthy(box), timeout=30)

@@ -12,18 +12,19 @@ Figures go through `record()`; no timing is asserted beyond the unit's own timeo
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from .conftest import (
+    CONNECTED,
     NO_DEVTOOLS_CHECK,
     NO_DEVTOOLS_EXPECTED,
     RELEASES,
@@ -200,7 +201,7 @@ def test_start_connects_and_heartbeats(container: Container) -> None:
     box.wait_for("two heartbeats", lambda: count(box.journal(UNIT), r"heartbeat") >= 2, timeout=30)
     entries = box.journal(UNIT)
     daemon = [e for e in entries if e.get("_PID") == props["MainPID"]]
-    assert count(daemon, r"connected to http://127\.0\.0\.1") >= 1, messages(daemon)
+    assert count(daemon, CONNECTED) >= 1, messages(daemon)
     priorities = {e.get("PRIORITY") for e in daemon}
     # The "<N>" prefixes reach journald as priorities: INFO (6) for connect, DEBUG (7) for heartbeats.
     assert {"6", "7"} <= priorities, priorities
@@ -215,7 +216,7 @@ def test_reload_reconnects(container: Container) -> None:
     mark = cursor(box, UNIT)
     box.sh(f"systemctl reload {UNIT}")
     box.wait_for("a reconnect after SIGHUP", lambda: count(
-        box.journal(UNIT, mark), r"connected to http://127\.0\.0\.1") >= 1, timeout=30)
+        box.journal(UNIT, mark), CONNECTED) >= 1, timeout=30)
     assert box.out(f"systemctl is-active {UNIT}") == "active"
     assert box.show(UNIT, "MainPID")["MainPID"] == box.state["mainpid"]  # same process, no restart
 
@@ -235,7 +236,7 @@ def test_watchdog_kills_a_frozen_daemon_and_restarts_it(container: Container) ->
     log = messages(box.journal(UNIT, mark))
     assert any("Watchdog timeout" in m for m in log), log
     assert any("Failed with result 'watchdog'" in m for m in log), log
-    box.wait_for("reconnected", lambda: count(box.journal(UNIT, mark), r"connected to http") >= 1)
+    box.wait_for("reconnected", lambda: count(box.journal(UNIT, mark), CONNECTED) >= 1)
 
 
 def test_stop_is_clean_within_timeout(container: Container) -> None:
@@ -283,7 +284,7 @@ def test_template_instance_runs_beside_the_main_agent(container: Container) -> N
     box.sh("systemctl stop aiwm-agentd@two.service")
 
 
-def test_upgrade_keeps_the_edited_env_file(container: Container, packages: dict[str, Any]) -> None:
+def test_upgrade_keeps_the_edited_env_file(container: Container, newer_deb: Callable[[str], Path]) -> None:
     box = container
     edited = GOOD_ENV + "# edited by the operator\n"
     box.write("/etc/aiwm/agent.env", edited, mode="0640", owner="root:aiwm-agentd")
@@ -291,15 +292,7 @@ def test_upgrade_keeps_the_edited_env_file(container: Container, packages: dict[
     pid_before = box.show(UNIT, "MainPID")["MainPID"]
     digest = hashlib.sha256(edited.encode()).hexdigest()
 
-    dist = Path(tempfile.mkdtemp(prefix="aiwm-systest-dist-", dir="/var/tmp"))
-    try:
-        env = dict(os.environ, AIWM_PKG_RELEASE="2", AIWM_DEB_SUFFIX=RELEASES[SUITE], AIWM_DEB_CODENAME=SUITE,
-                   DIST=str(dist), DEB_COMPRESSION="zstd")
-        run([str(REPO / "packaging/build-packages.sh"), "deb"], cwd=REPO, env=env, timeout=600)
-        newer = next(dist.glob(f"aiwm-agentd_*-2{RELEASES[SUITE]}_amd64.deb"))
-        shutil.copy(newer, box.root / "root/aiwm-agentd-2.deb")
-    finally:
-        shutil.rmtree(dist, ignore_errors=True)
+    shutil.copy(newer_deb(SUITE), box.root / "root/aiwm-agentd-2.deb")
     started = time.monotonic()
     proc = box.sh("dpkg -i /root/aiwm-agentd-2.deb", timeout=300)
     record("deb_upgrade_seconds", time.monotonic() - started)
@@ -319,7 +312,7 @@ def test_enabled_unit_comes_up_on_boot(container: Container) -> None:
     manager = box.out("systemctl show -p UserspaceTimestampMonotonic --value")
     active = box.show(UNIT, "ActiveEnterTimestampMonotonic")
     record("boot_to_active_seconds", (usec(active, "ActiveEnterTimestampMonotonic") - int(manager)) / 1e6)
-    box.wait_for("connected after boot", lambda: count(box.journal(UNIT, ""), r"connected to http") >= 1)
+    box.wait_for("connected after boot", lambda: count(box.journal(UNIT, ""), CONNECTED) >= 1)
 
 
 def test_remove_then_purge(container: Container) -> None:
@@ -361,7 +354,7 @@ def test_install_onto_a_provisioned_env_file_starts_at_once(container: Container
     box.sh("systemctl restart aiwm-devctl.service")
     wait_listening(box, CONTROLLER_PORT)
     box.sh(f"systemctl reload {UNIT}")
-    box.wait_for("connected", lambda: count(box.journal(UNIT, mark), r"connected to http") >= 1)
+    box.wait_for("connected", lambda: count(box.journal(UNIT, mark), CONNECTED) >= 1)
     box.sh("dpkg --purge aiwm-agentd", timeout=120)
     assert box.out("test -e /etc/aiwm/agent.env || echo gone") == "gone"
 
