@@ -74,7 +74,8 @@ SOCKET_HEARTBEAT_TIMEOUT = 5.0  # an ack slower than this: the heartbeat goes ov
 
 def session_settings(settings: DaemonSettings) -> SessionSettings:
     return SessionSettings(settings.enabled, settings.heartbeat_interval, settings.reconnect_interval,
-                           settings.fallback_retry_interval, settings.connect_retries)
+                           settings.fallback_retry_interval, settings.connect_retries,
+                           url_without_password(settings.base_url))
 
 
 def _identity(s: DaemonSettings) -> tuple[object, ...]:
@@ -495,7 +496,8 @@ class Supervisor:
         self._publish()
         self.notifier.stopping("stopping")
         log.info("stopping (%s)", why)
-        self.workers.stop(deadline - DISCONNECT_BUDGET)
+        # The disconnect's budget is kept back only when there is a session to close (not in local mode).
+        self.workers.stop(deadline - (DISCONNECT_BUDGET if token else 0.0))
         if token:
             self._disconnect(token, min(deadline, self._clock() + DISCONNECT_BUDGET))
         self._client.close()

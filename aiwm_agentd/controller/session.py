@@ -61,6 +61,7 @@ class SessionSettings:
     reconnect_interval: float
     fallback_retry_interval: float
     connect_retries: int
+    url: str = ""  # the controller, for the log (without a password)
 
 
 @dataclass(frozen=True)
@@ -334,8 +335,8 @@ class ControllerSession:
         self.metrics.set_controller_version(controller.wire_version)
         self.metrics.token_expiry.set(controller.expires_at or 0)
         validity = f"valid for {controller.lifetime:.0f} s" if controller.lifetime else "lifetime unknown"
-        log.info("%s: connected as %s (controller %s, token %s)", why, controller.agent_name or "this agent",
-                 controller.wire_version, validity)
+        log.info("%s: connected as %s (controller %s at %s, token %s)", why,
+                 controller.agent_name or "this agent", controller.wire_version, self.settings.url or "?", validity)
         self._set_state("connected")
         return [Connected(controller, previous, why)]
 
