@@ -1053,9 +1053,14 @@ def main(args: argparse.Namespace) -> int:
     try:
         lines = controller.env_lines()
         portal_dialect = args.portal or {"v4": "v4", "v5": "v5"}.get(controller.version, "off")
-        if portal_dialect != "off":
+        try:
             from aiwm_devtools.portal import PortalServer
-
+        except ImportError as exc:  # python-socketio is a dev dependency: a bare python3 runs without a portal
+            if args.portal not in (None, "off"):
+                raise
+            LOG.info("no portal socket (%s): install python-socketio for it", exc)
+            portal_dialect = "off"
+        if portal_dialect != "off":
             controller.portal = PortalServer(controller, portal_dialect, host=args.host).start()
             lines += controller.portal.env_lines()
             base = f"curl -s -H 'Authorization: Bearer {controller.admin_token}' {controller.url}/dev/portal"

@@ -226,6 +226,8 @@ def test_watchdog_kills_a_frozen_daemon_and_restarts_it(container: Container) ->
     before = box.show(UNIT, "MainPID", "NRestarts")
     mark = cursor(box, UNIT)
     frozen_at = time.monotonic()
+    # `kill -STOP 0` would stop nsenter's process group, which is this test's own: never without a real pid.
+    assert before["MainPID"].isdigit() and int(before["MainPID"]) > 1, f"the unit is not running: {before}"
     box.sh(f"kill -STOP {before['MainPID']}")
     box.wait_for("a new main process", lambda: (
         box.show(UNIT, "MainPID")["MainPID"] not in ("0", before["MainPID"])
