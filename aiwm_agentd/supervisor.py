@@ -36,7 +36,7 @@ from aiwm_agentd.config import (
     url_without_password,
 )
 from aiwm_agentd.controller.calls import CallRunner
-from aiwm_agentd.controller.client import ControllerClient, ControllerError, HeartbeatResult, proxies_from_env
+from aiwm_agentd.controller.client import ControllerClient, ControllerError, proxies_from_env
 from aiwm_agentd.controller.session import (
     Call,
     Connected,
@@ -47,20 +47,18 @@ from aiwm_agentd.controller.session import (
     WorkOffered,
 )
 from aiwm_agentd.controller.wire import ControllerConfig
-from aiwm_agentd.controller.work import WorkJournal, WorkOffer, parse_offer
+from aiwm_agentd.controller.work import parse_offer
 from aiwm_agentd.health import HealthServer
 from aiwm_agentd.logs import parse_level
 from aiwm_agentd.metrics import Metrics
 from aiwm_agentd.notify import Notifier
+from aiwm_agentd.realtime.bridge import McpRewriter, WorkDispatch, heartbeat_call, mcp_report
 from aiwm_agentd.realtime.portal import SocketTarget, socket_target
 from aiwm_agentd.sampler import MetricsSampler
-from aiwm_agentd.status import iso as status_iso
-from aiwm_agentd.workers import ConversationKey, Reply
 from aiwm_agentd.workerset import WorkerFactory, WorkerSet, default_worker_factory
 
 if TYPE_CHECKING:
     from aiwm_agentd.realtime.channel import AiwmChannel
-    from aiwm_agentd.realtime.mcp_proxy import McpProxy
 
 log = logging.getLogger("aiwm_agentd.supervisor")
 
@@ -69,7 +67,6 @@ EXIT_FORCED = 130
 STARTUP_BUDGET = 10.0  # READY=1 no later than this after start, whatever the controller does
 DISCONNECT_BUDGET = 2.0
 IDLE_WAIT_CAP = 60.0
-SOCKET_HEARTBEAT_TIMEOUT = 5.0  # an ack slower than this: the heartbeat goes over REST instead
 
 
 def session_settings(settings: DaemonSettings) -> SessionSettings:
@@ -107,11 +104,9 @@ class Supervisor:
         # Inputs from the portal channel's thread, taken to the session by the loop (the session is not
         # thread-safe): tokens the socket refused, operator sleep/wake commands.
         self._socket_inputs: list[tuple[str, str]] = []
-        self._work_journal = WorkJournal(settings.state_dir)
-        self._work_declined_logged = False
-        self._mcp_proxy: McpProxy | None = None
-        self._proxy_token = ""
-        self._proxy_generation = 0
+        self.work = WorkDispatch(self.session, self.metrics, settings.state_dir, self._wake.set)
+        self._mcp = McpRewriter(lambda: self.session.token or (self.session.controller.token
+                                                              if self.session.controller else ""), settings.verify)
         self._health: HealthServer | None = None
         self._ready = False
         self._reloading = False  # RELOADING=1 sent; READY=1 follows when the reconnect ends
@@ -172,52 +167,6 @@ class Supervisor:
                 self.session.socket_refused(value, now)
             elif kind in ("sleep", "wake"):
                 self.session.set_sleep(kind == "sleep", value, now)
-            elif kind in ("work_ok", "work_error"):
-                self._work_ended(value, kind == "work_ok", now)
-
-    # -- assigned work (controller/work.py) ------------------------------------------------------------
-
-    def _take_work(self, offer: WorkOffer, now: float, resumed: bool = False) -> None:
-        """Run `offer` as a Claude turn in a conversation of its own; `busy` is reported at once."""
-        runner = self.workers.runner
-        if not self.config.claude.take_work or runner is None:
-            self.metrics.work_declined.inc()
-            if not self._work_declined_logged:
-                self._work_declined_logged = True
-                log.warning("the controller offers work (%s) but this agent does not take work: set "
-                            "AIWM_TAKE_WORK=true (and give it a Claude credential) or assign the work elsewhere",
-                            offer.title or offer.key)
-            return
-        self.session.work_started(offer, now)
-        self._work_journal.save(offer)  # before the turn: a stop or crash from here on resumes it
-        self.metrics.work_started.labels("true" if resumed else "false").inc()
-        self.metrics.work_in_progress.set(1)
-        log.info("work %s%s: %s", offer.key, " resumed after a restart" if resumed else " accepted",
-                 offer.title or offer.kind)
-        key = ConversationKey("work", offer.work_id or offer.kind)
-        future = runner.submit(key, offer.prompt)
-        future.add_done_callback(lambda f: self._work_turn_ended(offer.key, f))
-
-    def _work_turn_ended(self, key: str, future: concurrent.futures.Future[Reply]) -> None:
-        """On the runner's thread: hand the end of the turn to the loop."""
-        ok = not future.cancelled() and future.exception() is None and not future.result().error
-        with self._reload_lock:
-            self._socket_inputs.append(("work_ok" if ok else "work_error", key))
-        self._wake.set()
-
-    def _work_ended(self, key: str, ok: bool, now: float) -> None:
-        if self._stop_requested:
-            return  # interrupted by the stop: the journal keeps it for the next start
-        if self.session.work_finished(key, now):
-            self._work_journal.clear()
-            self.metrics.work_finished.labels("ok" if ok else "error").inc()
-            self.metrics.work_in_progress.set(0)
-            log.info("work %s: the turn %s; reporting idle", key, "ended" if ok else "failed")
-
-    def _resume_work(self, now: float) -> None:
-        offer = self._work_journal.load()
-        if offer is not None:
-            self._take_work(offer, now, resumed=True)
 
     # -- the loop ------------------------------------------------------------------------------------
 
@@ -249,6 +198,7 @@ class Supervisor:
             self._on_outcome(call, outcome, now)
         self._handle_reloads(now)
         self._handle_socket_inputs(now)
+        self.work.drain(now, self._stop_requested)
         if not self._ready:
             self._maybe_ready(now)
         if not self.calls.busy:
@@ -280,7 +230,7 @@ class Supervisor:
         controller = self.session.controller
         # Without a controller configuration the local one built at start (and validated there) stands.
         self._apply(self._build_config(controller) if controller else self.config, "configuration")
-        self._resume_work(now)
+        self.work.resume(self.workers.runner, self.config.claude.take_work, now)
         self._publish()
         self.notifier.ready(self._last_status)
         log.info("ready: %s", self._last_status)
@@ -297,50 +247,10 @@ class Supervisor:
                              self.settings.request_timeout)
             return
         payload = self._sampler.sample(self.workers.active_connections(), call.status == "busy")
-        extra = self._mcp_report()
-        channel = self._channel()
-        if channel is None or not channel.socket_heartbeats:
-            self.calls.start(call, client,
-                             lambda deadline: client.heartbeat(call.token, call.status, payload, deadline, extra),
-                             self.settings.request_timeout)
-            return
-        status, body = call.status, {**extra, "metrics": payload}
-        if status == "busy" and self.session.sleeping and self.session.work is None and not self.workers.busy:
-            status = "sleep"  # the socket dialect (v6) knows it
-            body["sleep"] = {"reason": self.session.sleep_reason, "since": status_iso(self.session.sleep_since)}
-        body["status"] = status
-
-        def over_socket(deadline: float) -> HeartbeatResult:
-            """The socket first (ack with timeout); REST when the socket fails or refuses."""
-            try:
-                ack = channel.socket_heartbeat(body, min(SOCKET_HEARTBEAT_TIMEOUT, deadline - time.monotonic()))
-                if isinstance(ack, Mapping) and ack.get("success", True) is not False:
-                    return HeartbeatResult(ack, "socket")
-                log.debug("socket heartbeat refused (%s); using REST", str(ack)[:100])
-            except Exception as exc:
-                log.debug("socket heartbeat failed (%s); using REST", type(exc).__name__)
-            return client.heartbeat(call.token, call.status, payload, deadline, extra)
-
-        self.calls.start(call, client, over_socket, self.settings.request_timeout)
-
-    def _channel(self) -> AiwmChannel | None:
-        # By name: the channel module is imported only where the workers are built (workerset.py).
-        channel = next((w for w in self.workers.platforms if w.name == "aiwm"), None)
-        return cast("AiwmChannel | None", channel)
-
-    def _mcp_report(self) -> dict[str, Any]:
-        """v5+ heartbeats tell the truth about the model's MCP tools (the controller withholds work the
-        agent cannot do); nothing until a Claude client has reported them, and nothing to older controllers."""
-        controller, status = self.session.controller, self._mcp_state()
-        if (controller is None or controller.wire_version in ("v1", "v2", "v3", "v4") or not status[0]
-                or "pending" in status[0].values()):
-            return {}
-        return {"mcpConnected": all(s == "connected" for s in status[0].values()),
-                "availableFunctions": list(status[1])}
-
-    def _mcp_state(self) -> tuple[dict[str, str], tuple[str, ...]]:
-        runner = self.workers.runner
-        return (dict(getattr(runner, "mcp_status", None) or {}), tuple(getattr(runner, "mcp_callable", ()) or ()))
+        channel = cast("AiwmChannel | None", next((w for w in self.workers.platforms if w.name == "aiwm"), None))
+        heartbeat = heartbeat_call(client, call, payload, mcp_report(self.session, self.workers.runner), channel,
+                                   self.session, self.workers.busy)
+        self.calls.start(call, client, heartbeat, self.settings.request_timeout)
 
     def _on_outcome(self, call: Call, outcome: Any, now: float) -> None:
         for event in self.session.complete(call, outcome, now):
@@ -357,7 +267,7 @@ class Supervisor:
             elif isinstance(event, ConnectFailed):
                 self._finish_reloads()
             elif isinstance(event, WorkOffered):
-                self._take_work(event.offer, now)
+                self.work.take(event.offer, self.workers.runner, self.config.claude.take_work, now)
             elif (isinstance(event, HeartbeatAnswered) and event.result.notices
                   and parse_offer(event.result.body) is None):  # offers are the session's and the log's above
                 notices = {k: str(v)[:200] for k, v in event.result.notices.items()}
@@ -369,24 +279,7 @@ class Supervisor:
         if controller is None and local is None:
             local = read_instruction_file(self.settings.instruction_file)
         config = build_agent_config(self.env, controller, self.settings, local)
-        return self._through_mcp_proxy(config, controller)
-
-    def _through_mcp_proxy(self, config: AgentConfig, controller: ControllerConfig | None) -> AgentConfig:
-        """The controller's HTTP MCP servers reached through the loopback proxy (realtime/mcp_proxy.py)."""
-        servers = config.claude.mcp_servers
-        if controller is None or not config.claude.mcp_proxy or not servers:
-            return config
-        if self._mcp_proxy is None:
-            from aiwm_agentd.realtime.mcp_proxy import McpProxy
-
-            self._mcp_proxy = McpProxy(lambda: self.session.token or (self.session.controller.token
-                                                                      if self.session.controller else ""),
-                                       verify=self.settings.verify)
-            log.info("MCP servers are reached through the loopback proxy %s", self._mcp_proxy.url)
-        if controller.token != self._proxy_token:
-            self._proxy_token, self._proxy_generation = controller.token, self._proxy_generation + 1
-        claude = replace(config.claude, mcp_servers=self._mcp_proxy.rewrite(servers, self._proxy_generation))
-        return replace(config, claude=claude)
+        return self._mcp.apply(config, controller)
 
     def _apply(self, config: AgentConfig, reason: str) -> list[str]:
         changes = describe_changes(self.config, config)
@@ -462,7 +355,7 @@ class Supervisor:
     # -- status ----------------------------------------------------------------------------------------
 
     def _make_core(self) -> status.StatusSnapshot:
-        s, c = self.session, self.config
+        s, c, runner = self.session, self.config, self.workers.runner
         return status.StatusSnapshot(
             version=__version__, started_at=self._started_wall, state=s.state,
             last_error=s.last_error, agent_id=c.agent_id, agent_name=c.agent_name,
@@ -474,9 +367,8 @@ class Supervisor:
             config_source=c.source, config_updates=self._config_updates, model=c.claude.model,
             warnings=c.warnings, sleep_reason=s.sleep_reason, sleep_since=s.sleep_since,
             work_key=s.work.key if s.work else "", work_title=s.work.title if s.work else "",
-            work_since=s.work_since, work_done=s.work_done, mcp_servers=self._mcp_state()[0],
-            mcp_tools=len(self._mcp_state()[1]),
-            work_problem=self._mcp_proxy.permission_problem if self._mcp_proxy else "")
+            work_since=s.work_since, work_done=s.work_done, mcp_servers=dict(getattr(runner, "mcp_status", None) or {}),
+            mcp_tools=len(getattr(runner, "mcp_callable", ()) or ()), work_problem=self._mcp.permission_problem)
 
     def _publish(self) -> None:
         self._core = self._make_core()
@@ -501,8 +393,7 @@ class Supervisor:
         if token:
             self._disconnect(token, min(deadline, self._clock() + DISCONNECT_BUDGET))
         self._client.close()
-        if self._mcp_proxy is not None:
-            self._mcp_proxy.close()
+        self._mcp.close()
         if self._health:
             self._health.stop()
         for future, _before in self._waiting_reloads:

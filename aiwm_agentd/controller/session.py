@@ -22,11 +22,22 @@ import random
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
-from typing import Literal
+from dataclasses import replace
 
 from aiwm_agentd.backoff import backoff_delay, jittered_interval
 from aiwm_agentd.controller.client import ControllerError, HeartbeatResult
+from aiwm_agentd.controller.events import (
+    ADVICE,
+    Call,
+    Connected,
+    ConnectFailed,
+    Event,
+    HeartbeatAnswered,
+    Outcome,
+    SessionSettings,
+    State,
+    WorkOffered,
+)
 from aiwm_agentd.controller.wire import ControllerConfig, jwt_expiry, jwt_lifetime
 from aiwm_agentd.controller.work import WorkOffer, ignored_task, parse_offer, without_datetime
 from aiwm_agentd.metrics import Metrics
@@ -34,75 +45,14 @@ from aiwm_agentd.oncelog import OnceLog
 
 log = logging.getLogger("aiwm_agentd.controller.session")
 
-State = Literal["connecting", "connected", "fallback", "disconnected", "suspended", "deleted", "stopping"]
+__all__ = ["ADVICE", "Call", "ConnectFailed", "Connected", "ControllerSession", "Event", "HeartbeatAnswered",
+           "Outcome", "SessionSettings", "State", "WorkOffered"]
+
 DONE_KEYS = 200  # finished task keys remembered, so an offer repeated after the turn is not started again
 REFRESH_MARGIN = 600.0  # refresh this long before the token's lifetime ends (at most a tenth of it)
 REFRESH_FLOOR = 1.0  # never refresh sooner than this after a connect, whatever the token says
 EXPIRY_SLACK = 5.0  # a token this close to its end is not used for another call
 
-ADVICE = {
-    "invalid_credentials": "check AIWM_AGENT_SECRET (regenerate credentials on the controller if lost)",
-    "no_secret": "the controller has no secret for this agent: regenerate its credentials",
-    "suspended": "an administrator suspended this agent on the controller",
-    "not_found": "check AIWM_AGENT_ID: the controller does not know this agent",
-    "rejected": "the controller refused the request; check AIWM_AGENT_SECRET",
-    "network": "check AIWM_BASE_URL, DNS, firewall and TLS (AIWM_CA_BUNDLE)",
-    "timeout": "the controller is slow or unreachable; check AIWM_BASE_URL and the network",
-    "server_error": "the controller is failing; it will be retried",
-    "rate_limited": "the controller is rate limiting; it will be retried",
-    "invalid_response": "AIWM_BASE_URL may point at something that is not an AIWM controller",
-}
-
-
-@dataclass(frozen=True)
-class SessionSettings:
-    enabled: bool
-    heartbeat_interval: float
-    reconnect_interval: float
-    fallback_retry_interval: float
-    connect_retries: int
-    url: str = ""  # the controller, for the log (without a password)
-
-
-@dataclass(frozen=True)
-class Call:
-    """A controller call the loop must run. `generation` ties its outcome to the settings it was made with."""
-
-    kind: Literal["connect", "heartbeat", "config"]
-    why: str
-    generation: int
-    token: str = ""
-    status: str = ""
-
-
-@dataclass(frozen=True)
-class Connected:
-    controller: ControllerConfig
-    previous: ControllerConfig | None
-    why: str
-
-
-@dataclass(frozen=True)
-class ConnectFailed:
-    error: ControllerError
-    why: str
-
-
-@dataclass(frozen=True)
-class HeartbeatAnswered:
-    result: HeartbeatResult
-
-
-@dataclass(frozen=True)
-class WorkOffered:
-    """A heartbeat answer offered a task this session has not started: the loop decides to take it
-    (`work_started`) or not."""
-
-    offer: WorkOffer
-
-
-Event = Connected | ConnectFailed | HeartbeatAnswered | WorkOffered
-Outcome = ControllerConfig | HeartbeatResult | ControllerError
 
 
 class ControllerSession:
