@@ -52,12 +52,13 @@ from aiwm_agentd.runner.options import (
 )
 from aiwm_agentd.runner.sessions import SessionStore
 from aiwm_agentd.sandbox import launcher
-from aiwm_agentd.sandbox.api_proxy import ApiProxy, Upstream
 from aiwm_agentd.sandbox.identity import SandboxState, detect
 from aiwm_agentd.workers import ConversationKey, Reply, WorkerHealth
 
 if TYPE_CHECKING:
     from claude_agent_sdk import ClaudeAgentOptions, ClaudeSDKClient
+
+    from aiwm_agentd.sandbox.api_proxy import ApiProxy, Upstream
 
 log = logging.getLogger("aiwm_agentd.runner")
 
@@ -654,6 +655,8 @@ class ClaudeRunner:
                             "its configuration and keys", self._sandbox.detail)
         launcher.write_launcher(self._paths.launcher, self._sandbox)
         if self._sandbox.separated and self._api_proxy is None:
+            from aiwm_agentd.sandbox.api_proxy import ApiProxy  # aiohttp: only when separated
+
             self._api_proxy = ApiProxy(_upstream(self._config))
             self._api_proxy.start()
 
@@ -862,6 +865,8 @@ class ClaudeRunner:
 
 
 def _upstream(config: AgentConfig) -> Upstream:
+    from aiwm_agentd.sandbox.api_proxy import Upstream
+
     claude = config.claude
     return Upstream(claude.base_url, claude.api_key, claude.oauth_token)
 
