@@ -126,7 +126,15 @@ def health_document(s: StatusSnapshot, now: float) -> dict[str, Any]:
                  "done": s.work_done, "problem": s.work_problem or None},
         "workers": {name: {"state": h.state, "detail": h.detail, "alive": h.alive, **h.extra}
                     for name, h in s.workers},
+        "sandbox": sandbox_of(s),
     }
+
+
+def sandbox_of(s: StatusSnapshot) -> Any:
+    """The tool sandbox as the Claude runner reports it ({"separated", "detail", "tools_user"}), or None before
+    the runner started: whether the agent's tools run apart from the daemon's keys."""
+    return next((dict(h.extra["sandbox"]) for name, h in s.workers if name == "claude" and "sandbox" in h.extra),
+                None)
 
 
 def chat_summary(s: StatusSnapshot, now: float) -> dict[str, Any]:

@@ -169,6 +169,10 @@ CLAUDE_SETTINGS: tuple[Setting, ...] = (
             flat="realtime_mcpProxy"),
     _claude("CLAUDE_ALLOWED_TOOLS", "local_tools", p.parse_ids, (),
             "tools the agent may use without a controller (exact names: Read,Grep,Bash); empty = none"),
+    _claude("CLAUDE_TOOLS_USER", "tools_user", p.parse_text, "aiwm-agentd-tools",
+            "the user the Claude CLI and its tools run as (sandbox; empty = same user as the daemon)"),
+    _claude("CLAUDE_TOOLS_DIR", "tools_dir", p.parse_text, "/var/lib/aiwm-agentd-tools",
+            "the tools user's workspace (HOME, config, cwd of the CLI), one subdirectory per instance"),
 )
 
 

@@ -41,6 +41,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aiwm_agentd.config import AgentConfig, ClaudeConfig
+from aiwm_agentd.sandbox import launcher
+from aiwm_agentd.sandbox.identity import SandboxState
 
 if TYPE_CHECKING:
     from claude_agent_sdk import ClaudeAgentOptions
@@ -164,6 +166,14 @@ class RunnerPaths:
         return self.claude_home / "mcp.json"
 
     @property
+    def instruction_file(self) -> Path:
+        return self.claude_home / "instruction.md"
+
+    @property
+    def launcher(self) -> Path:
+        return self.claude_home / "launch"
+
+    @property
     def sessions_dir(self) -> Path:
         return self.root / "sessions"
 
@@ -203,8 +213,16 @@ def build_env(claude: ClaudeConfig, paths: RunnerPaths, inherited: Mapping[str, 
 
 def write_mcp_config(paths: RunnerPaths, servers: Mapping[str, Any]) -> Path:
     """The MCP servers go to the CLI as a 0600 file: inline JSON would put the agent token on its argv."""
-    data = json.dumps({"mcpServers": dict(servers)}, sort_keys=True).encode()
-    target = paths.mcp_config
+    return _write_private(paths.mcp_config, json.dumps({"mcpServers": dict(servers)}, sort_keys=True).encode())
+
+
+def write_instruction(paths: RunnerPaths, instruction: str) -> Path:
+    """The instruction goes to the CLI as a 0600 file (`--system-prompt-file`): on argv it would be visible in
+    `ps`, and over 128 KiB (one argument's limit) or with a NUL every turn would fail."""
+    return _write_private(paths.instruction_file, instruction.replace("\0", "").encode())
+
+
+def _write_private(target: Path, data: bytes) -> Path:
     if target.exists() and target.read_bytes() == data:
         return target
     target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -218,6 +236,59 @@ def write_mcp_config(paths: RunnerPaths, servers: Mapping[str, Any]) -> Path:
     return target
 
 
+@dataclass(frozen=True)
+class ChildSandbox:
+    """What one CLI child gets from the sandbox: its launcher, and when separated its workspace (owned by the
+    tools user) and its per-child token for the loopback Anthropic API proxy."""
+
+    state: SandboxState
+    token: str = ""
+    token_variable: str = "ANTHROPIC_API_KEY"
+    proxy_url: str = ""
+
+    def workspace(self, paths: RunnerPaths) -> Path:
+        """The instance's own directory in the tools workspace (instances share the tools user)."""
+        assert self.state.tools_dir is not None
+        return self.state.tools_dir / paths.root.name
+
+
+def build_separated_env(child: ChildSandbox, paths: RunnerPaths, inherited: Mapping[str, str],
+                        cli: str, mcp_source: Path | None) -> dict[str, str]:
+    """`options.env` of a separated child: the launcher's inputs, and the child's variables (the launcher passes
+    only launcher.CHILD_ENV_NAMES on, through `env -i`). No long-lived secret: the credential is the
+    per-child token, the API is the loopback proxy."""
+    assert child.state.identity is not None
+    work = child.workspace(paths)
+    env = {key: "" for key in inherited if key not in _PASSTHROUGH and not key.startswith("LC_")}
+    env.update({
+        launcher.CLI_VAR: cli,
+        launcher.WORKSPACE_VAR: str(work),
+        launcher.INSTRUCTION_VAR: str(paths.instruction_file),
+        launcher.MCP_VAR: str(mcp_source) if mcp_source is not None else "",
+        "HOME": str(work / "home"),
+        "CLAUDE_CONFIG_DIR": str(work / "config"),
+        "USER": child.state.identity.name,
+        "LOGNAME": child.state.identity.name,
+        "SHELL": inherited.get("SHELL") or "/bin/sh",
+        "PATH": inherited.get("PATH") or "/usr/local/bin:/usr/bin:/bin",
+        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+        "DISABLE_AUTOUPDATER": "1",
+        "CLAUDE_CODE_MAX_RETRIES": inherited.get("CLAUDE_CODE_MAX_RETRIES") or DEFAULT_MAX_RETRIES,
+        "ANTHROPIC_API_KEY": "",
+        "CLAUDE_CODE_OAUTH_TOKEN": "",
+        "ANTHROPIC_BASE_URL": child.proxy_url,
+    })
+    env[child.token_variable] = child.token
+    return env
+
+
+def bundled_cli() -> str:
+    """The SDK's bundled CLI (what it runs when `cli_path` is unset)."""
+    import claude_agent_sdk
+
+    return str(Path(claude_agent_sdk.__file__).parent / "_bundled" / "claude")
+
+
 @dataclass
 class OptionInputs:
     """Per-client inputs that are not part of the snapshot."""
@@ -225,6 +296,7 @@ class OptionInputs:
     resume: str | None = None
     stderr: Callable[[str], None] | None = None
     hidden_tools: list[str] = field(default_factory=list)
+    sandbox: ChildSandbox | None = None
 
 
 def build_options(config: AgentConfig, paths: RunnerPaths, inputs: OptionInputs,
@@ -237,10 +309,28 @@ def build_options(config: AgentConfig, paths: RunnerPaths, inputs: OptionInputs,
     if plan.needs_call_guard():
         hooks = {"PreToolUse": [HookMatcher(matcher=None, hooks=[_tool_guard(plan)])]}
     disallowed = [f"mcp__{server}" for server in plan.blocked_servers] + list(inputs.hidden_tools)
-    mcp: Any = write_mcp_config(paths, claude.mcp_servers) if claude.mcp_servers else {}
-    # snapshot=False: a resumed session would otherwise keep the prompt it recorded on its first turn, and
-    # an instruction changed on the controller would never reach an ongoing conversation.
-    system_prompt: Any = {"type": "custom", "prompt": config.instruction, "snapshot": False}
+    mcp_source = write_mcp_config(paths, claude.mcp_servers) if claude.mcp_servers else None
+    mcp: Any = mcp_source if mcp_source is not None else {}
+    # A file, read by the CLI at each start: never argv (ps, 128 KiB, NUL). `--system-prompt-snapshot off`
+    # (the SDK sends its `snapshot` flag for custom prompts only): a resumed session gets the instruction as
+    # it is now, not the one recorded on its first turn.
+    system_prompt: Any = {"type": "file", "path": str(write_instruction(paths, config.instruction))}
+    inherited = os.environ if inherited is None else inherited
+    env = build_env(claude, paths, inherited)
+    cli_path, cwd = claude.cli_path or None, str(paths.workdir)
+    child = inputs.sandbox
+    if child is not None:
+        cli = claude.cli_path or bundled_cli()
+        cli_path = str(paths.launcher)
+        if child.state.separated:
+            work = child.workspace(paths)
+            system_prompt = {"type": "file", "path": str(work / "run" / "instruction.md")}
+            if mcp_source is not None:
+                mcp = str(work / "run" / "mcp.json")
+            env = build_separated_env(child, paths, inherited, cli, mcp_source)
+            cwd = str(paths.claude_home)  # the daemon's side; the launcher moves the CLI to work/
+        else:
+            env[launcher.CLI_VAR] = cli
     return ClaudeAgentOptions(
         system_prompt=system_prompt,
         model=claude.model or None,
@@ -254,9 +344,10 @@ def build_options(config: AgentConfig, paths: RunnerPaths, inputs: OptionInputs,
         strict_mcp_config=True,
         setting_sources=[],
         hooks=hooks,
-        env=build_env(claude, paths, os.environ if inherited is None else inherited),
-        cwd=str(paths.workdir),
-        cli_path=claude.cli_path or None,
+        env=env,
+        cwd=cwd,
+        cli_path=cli_path,
+        extra_args={"system-prompt-snapshot": "off"},
         resume=inputs.resume,
         stderr=inputs.stderr,
     )

@@ -3,6 +3,10 @@ AIWM_USER=aiwm-agentd
 AIWM_ENV=/etc/aiwm/agent.env
 AIWM_EXAMPLE=/etc/aiwm/agent.env.example
 AIWM_UNIT=aiwm-agentd.service
+# The tool sandbox's identity: the Claude CLI and its tools run as this user (README, "Tool sandbox"). It is
+# in no group of the daemon's, so it cannot read /etc/aiwm/*.env or /var/lib/aiwm-agentd*.
+AIWM_TOOLS_USER=aiwm-agentd-tools
+AIWM_TOOLS_DIR=/var/lib/aiwm-agentd-tools
 
 aiwm_systemd_running() { [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; }
 
@@ -11,6 +15,12 @@ aiwm_create_user() {
   getent passwd "$AIWM_USER" >/dev/null 2>&1 || useradd --system --gid "$AIWM_USER" \
     --home-dir /var/lib/aiwm-agentd --no-create-home --shell /usr/sbin/nologin \
     --comment "AIWM agent daemon" "$AIWM_USER"
+  getent group "$AIWM_TOOLS_USER" >/dev/null 2>&1 || groupadd --system "$AIWM_TOOLS_USER"
+  getent passwd "$AIWM_TOOLS_USER" >/dev/null 2>&1 || useradd --system --gid "$AIWM_TOOLS_USER" \
+    --home-dir "$AIWM_TOOLS_DIR" --no-create-home --shell /usr/sbin/nologin \
+    --comment "AIWM agent tools (sandbox)" "$AIWM_TOOLS_USER"
+  # Its workspace: one subdirectory per instance, created by the launcher as the tools user.
+  install -d -m 0700 -o "$AIWM_TOOLS_USER" -g "$AIWM_TOOLS_USER" "$AIWM_TOOLS_DIR"
 }
 
 # The operator's env file: created from the example only when absent, root:aiwm-agentd 0640 (it holds
@@ -59,10 +69,12 @@ aiwm_start_if_configured() {
 aiwm_purge_state() {
   rm -f "$AIWM_ENV"
   rmdir /etc/aiwm 2>/dev/null || true
-  rm -rf /var/lib/aiwm-agentd /var/lib/aiwm-agentd-*
+  rm -rf /var/lib/aiwm-agentd /var/lib/aiwm-agentd-* "$AIWM_TOOLS_DIR"
   rm -f /etc/systemd/system/multi-user.target.wants/aiwm-agentd.service \
         /etc/systemd/system/multi-user.target.wants/aiwm-agentd@*.service
   if getent passwd "$AIWM_USER" >/dev/null 2>&1; then userdel "$AIWM_USER" >/dev/null 2>&1 || true; fi
   if getent group "$AIWM_USER" >/dev/null 2>&1; then groupdel "$AIWM_USER" >/dev/null 2>&1 || true; fi
+  if getent passwd "$AIWM_TOOLS_USER" >/dev/null 2>&1; then userdel "$AIWM_TOOLS_USER" >/dev/null 2>&1 || true; fi
+  if getent group "$AIWM_TOOLS_USER" >/dev/null 2>&1; then groupdel "$AIWM_TOOLS_USER" >/dev/null 2>&1 || true; fi
 }
 # --- end of lib.sh ---
