@@ -157,7 +157,9 @@ def test_options_carry_the_snapshot(tmp_path: Path) -> None:
     lines: list[str] = []
     options = build_options(config, RunnerPaths(tmp_path), OptionInputs(resume="sid-1", stderr=lines.append),
                             inherited={})
-    assert options.system_prompt == {"type": "custom", "prompt": config.instruction, "snapshot": False}
+    # The instruction goes by a private file (never argv), and resumed sessions take the current one.
+    assert options.system_prompt == {"type": "file", "path": str(tmp_path / "claude" / "instruction.md")}
+    assert options.extra_args == {"system-prompt-snapshot": "off"}
     assert (options.model, options.max_turns, options.permission_mode) == ("claude-x", 7, "plan")
     assert options.cli_path == "/opt/claude" and options.resume == "sid-1" and options.stderr is not None
     assert options.cwd == str(tmp_path / "claude" / "work")
