@@ -14,10 +14,12 @@ Requests and responses are streamed (Streamable HTTP answers with JSON or an SSE
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import json
 import logging
 import secrets
+import socket
 import threading
 from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -61,7 +63,14 @@ class McpProxy:
         return f"http://{host!s}:{port}"
 
     def close(self) -> None:
-        self._server.shutdown()
+        """Within milliseconds: serve_forever() notices a shutdown only at its next poll (0.5 s, kept long so
+        the idle daemon does not wake for it), so a connection wakes it at once."""
+        stopper = threading.Thread(target=self._server.shutdown, daemon=True)
+        stopper.start()
+        host, port = self._server.server_address[:2]
+        with contextlib.suppress(OSError), socket.create_connection((str(host), int(port)), timeout=0.2):
+            pass
+        stopper.join(1.0)
         self._server.server_close()
         self._http.close()
 

@@ -76,3 +76,16 @@ def test_a_refused_work_transition_is_reported_once(ctl: DevController) -> None:
         assert proxy.permission_problem.startswith("the controller refused StartWork: You do not have permission")
     finally:
         proxy.close()
+
+
+def test_close_does_not_wait_for_the_servers_poll() -> None:
+    """serve_forever() polls every 0.5 s; closing must not cost the daemon's stop that long (it did: SIGTERM ->
+    exit went from 7 ms to 515 ms once the proxy ran)."""
+    import time
+
+    proxy = McpProxy(lambda: "token")
+    started = time.monotonic()
+    proxy.close()
+    assert time.monotonic() - started < 0.3
+    with pytest.raises(requests.ConnectionError):
+        requests.get(proxy.url, timeout=1)
