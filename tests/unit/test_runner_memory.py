@@ -181,8 +181,9 @@ def test_a_conversation_in_a_turn_keeps_its_client_and_the_idle_one_goes_after(m
 
 def test_the_sdk_import_waits_for_the_bots_unless_a_message_comes(make_runner: Any) -> None:
     runner = make_runner(import_delay=30.0)
-    health = runner.health()
-    assert health.state == "starting" and "importing" in health.detail
+    # start() returns at once; the loop then says it is waiting to import (it would wait 30 s).
+    wait_until(lambda: "importing" in runner.health().detail)
+    assert runner.health().state == "starting"
     started = time.monotonic()
     assert runner.submit(ConversationKey("t", "a"), "hi").result(10).error == ""
     assert time.monotonic() - started < 10

@@ -333,7 +333,11 @@ def test_a_killed_loop_is_reported_answers_honestly_and_restarts(make_runner: An
     in_flight = runner.submit(key, "kills it")
     queued = runner.submit(key, "waits behind it")
     assert in_flight.result(5).error == "crashed"
-    assert queued.result(5).error == "not_running"
+    # The message queued behind the killing turn is answered, never left hanging: honestly ("not_running")
+    # when the death lands first, or for real when the loop serves it in the iteration before it dies (a race
+    # seen about once in eight runs; not a lost message either way).
+    queued_reply = queued.result(5)
+    assert queued_reply.error == "not_running" or queued_reply.text.endswith("re: waits behind it"), queued_reply
     wait_until(lambda: not runner.health().alive)
     health = runner.health()
     assert health.state == "error" and "runner thread died (SystemExit" in health.detail
