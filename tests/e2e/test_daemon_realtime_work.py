@@ -61,21 +61,7 @@ class _ToolHandler(fake_anthropic._RequestHandler):
 
 
 class ToolAnthropic(FakeAnthropic):
-    def start(self) -> ToolAnthropic:
-        import threading
-        from http.server import ThreadingHTTPServer
-
-        fake = self
-
-        class _Handler(_ToolHandler):
-            owner = fake
-
-        server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-        server.daemon_threads = True
-        self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, name="fake-anthropic", daemon=True)
-        self._thread.start()
-        return self
+    handler_class = _ToolHandler
 
 
 def tool_results(request: RecordedRequest) -> int:

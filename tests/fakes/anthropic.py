@@ -113,10 +113,12 @@ class FakeAnthropic:
 
     # -- control ---------------------------------------------------------------------------
 
+    handler_class: type[BaseHTTPRequestHandler] = BaseHTTPRequestHandler  # set below: _RequestHandler
+
     def start(self) -> FakeAnthropic:
         fake = self
 
-        class _Handler(_RequestHandler):
+        class _Handler(self.handler_class):  # type: ignore[misc, name-defined]
             owner = fake
 
         server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
@@ -334,3 +336,6 @@ def agent_config(state_dir: Any, base_url: str, instruction: str = "You are a te
         claude=ClaudeConfig(**fields), discord=PlatformConfig(platform="discord", **off),
         telegram=PlatformConfig(platform="telegram", **off), state_dir=Path(state_dir), provenance=(), warnings=(),
     )
+
+
+FakeAnthropic.handler_class = _RequestHandler  # subclasses (scripted tool calls) swap in their own
