@@ -72,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--conversation", default="cli:ask", metavar="KEY",
                      help="conversation key platform:chat[:thread] (default cli:ask); reuse it to continue")
     ask.add_argument("--timeout", type=float, default=None, help="seconds to wait for the reply")
+
+    sub.add_parser("tools-spawner", add_help=False,
+                   help="start the Claude CLI as the tools user for the daemon (what aiwm-agentd-tools.service "
+                        "runs; --help for its options)")
     return parser
 
 
@@ -103,7 +107,13 @@ def _load(env_file: str) -> tuple[dict[str, str], DaemonSettings]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "tools-spawner":
+        from aiwm_agentd.sandbox.spawner import main as spawner_main
+
+        return spawner_main(extra)
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         if args.command == "run":
             return cmd_run(args)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Static checks of systemd/*.service: exposure <= 1.5 in `systemd-analyze security --offline=yes` and a
+# Static checks of systemd/*.service (and the sockets they need): exposure <= 1.5 in `systemd-analyze security --offline=yes` and a
 # clean `systemd-analyze verify` (it exits 0 on unknown keys and bad values, so stderr must be empty).
 # Outside an installed system the "not executable" complaint about /usr/bin/aiwm-agentd is expected and
 # ignored here; tests/system runs verify unfiltered inside the container after installing the package.
@@ -7,10 +7,14 @@ set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 max=${MAX_EXPOSURE:-1.5}
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
-cp "$repo/systemd/aiwm-agentd.service" "$tmp/"
-cp "$repo/systemd/aiwm-agentd@.service" "$tmp/aiwm-agentd@check.service"   # a template needs an instance
+units=()
+for unit in "$repo"/systemd/*.service "$repo"/systemd/*.socket; do
+  name=$(basename "$unit"); name=${name/@./@check.}   # a template needs an instance
+  cp "$unit" "$tmp/$name"
+  case "$name" in *.service) units+=("$tmp/$name") ;; esac
+done
 rc=0
-for unit in "$tmp/aiwm-agentd.service" "$tmp/aiwm-agentd@check.service"; do
+for unit in "${units[@]}"; do
   name=$(basename "$unit")
   exposure=$(systemd-analyze security --offline=yes "$unit" 2>&1 | sed -n 's/.*Overall exposure level for .*: \([0-9.]*\).*/\1/p')
   verify=$(systemd-analyze verify --man=no "$unit" 2>&1 | grep -v 'Command /usr/bin/aiwm-agentd is not executable' || true)

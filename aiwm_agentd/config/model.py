@@ -45,6 +45,7 @@ class ClaudeConfig:
     config_poll_interval: float = 300.0  # seconds between GET config polls while connected
     mcp_proxy: bool = True  # the controller's HTTP MCP servers through the loopback proxy (realtime/mcp_proxy.py)
     local_tools: tuple[str, ...] = ()  # CLAUDE_ALLOWED_TOOLS: the whitelist without a controller
+    tools_socket: str = "/run/aiwm-agentd-tools.sock"  # the tools spawner (sandbox/spawner.py)
     tools_user: str = "aiwm-agentd-tools"  # the sandbox identity of the CLI and its tools (sandbox/)
     tools_dir: str = "/var/lib/aiwm-agentd-tools"  # its workspace; <tools_dir>/<instance state dir name>
 

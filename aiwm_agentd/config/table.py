@@ -169,8 +169,11 @@ CLAUDE_SETTINGS: tuple[Setting, ...] = (
             flat="realtime_mcpProxy"),
     _claude("CLAUDE_ALLOWED_TOOLS", "local_tools", p.parse_ids, (),
             "tools the agent may use without a controller (exact names: Read,Grep,Bash); empty = none"),
+    _claude("CLAUDE_TOOLS_SOCKET", "tools_socket", p.parse_text, "/run/aiwm-agentd-tools.sock",
+            "the tools spawner's socket (aiwm-agentd-tools.socket): the CLI and its tools run in that unit, as "
+            "its user; empty = never use a spawner"),
     _claude("CLAUDE_TOOLS_USER", "tools_user", p.parse_text, "aiwm-agentd-tools",
-            "the user the Claude CLI and its tools run as (sandbox; empty = same user as the daemon)"),
+            "without a spawner: the user a daemon running as root switches the CLI to (empty = never)"),
     _claude("CLAUDE_TOOLS_DIR", "tools_dir", p.parse_text, "/var/lib/aiwm-agentd-tools",
             "the tools user's workspace (HOME, config, cwd of the CLI), one subdirectory per instance"),
 )

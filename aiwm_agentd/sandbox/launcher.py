@@ -1,5 +1,8 @@
 """The `cli_path` launcher: every Claude CLI child starts in a session of its own, and as the tools user.
 
+With the tools spawner (the default under systemd), `cli_path` is the spawner's stand-in, spawn_client.py
+written out as a script: the spawner's unit does the rest. Without one, as follows.
+
 The SDK starts `cli_path` with the daemon's environment merged with `options.env`, as the daemon's user (its
 `user=` option changes the uid only: groups and capabilities would stay). So `cli_path` is a small shell
 script written at start into the daemon's state dir (0700) that, separated:
@@ -25,25 +28,17 @@ import shlex
 import shutil
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
+from aiwm_agentd.sandbox import spawn_client
 from aiwm_agentd.sandbox.identity import SandboxState
+from aiwm_agentd.sandbox.spawn_client import CHILD_ENV_NAMES, CLI_VAR, INSTRUCTION_VAR, MCP_VAR
 
-# Variables the separated child gets (values from the launcher's environment: options.env and the SDK's own).
-CHILD_ENV_NAMES = (
-    "PATH", "LANG", "LANGUAGE", "TZ", "SSL_CERT_FILE", "SSL_CERT_DIR", "NODE_EXTRA_CA_CERTS",
-    "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy",
-    "HOME", "CLAUDE_CONFIG_DIR", "USER", "LOGNAME", "SHELL",
-    "ANTHROPIC_BASE_URL", "ANTHROPIC_API_KEY", "CLAUDE_CODE_OAUTH_TOKEN",
-    "CLAUDE_CODE_MAX_RETRIES", "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "DISABLE_AUTOUPDATER",
-    "CLAUDE_CODE_ENTRYPOINT", "CLAUDE_AGENT_SDK_VERSION", "CLAUDE_CODE_SDK_READS_SESSION_STATE",
-    "CLAUDE_AGENT_SDK_CLIENT_APP", "CLAUDE_AGENT_SDK_DERIVED_CLIENT_APP",
-)
-# Set by options.env for the launcher itself; never reach the CLI.
-CLI_VAR = "AIWM_SANDBOX_CLI"
-WORKSPACE_VAR = "AIWM_SANDBOX_WORKSPACE"
-INSTRUCTION_VAR = "AIWM_SANDBOX_INSTRUCTION"
-MCP_VAR = "AIWM_SANDBOX_MCP"
+__all__ = ["CHILD_ENV_NAMES", "CLI_VAR", "INSTRUCTION_VAR", "MCP_VAR", "WORKSPACE_VAR", "kill_tree",
+           "launcher_script", "write_launcher"]
+
+WORKSPACE_VAR = "AIWM_SANDBOX_WORKSPACE"  # setpriv only: the tools user's workspace of this instance
 
 
 def _tool(name: str) -> str:
@@ -60,7 +55,16 @@ def drop_command(state: SandboxState) -> list[str]:
     return [*command, "--no-new-privs", "--"]
 
 
+def stand_in_script() -> str:
+    """The tools spawner's stand-in (spawn_client.py) as a script of its own: `python3 -IS`, no site, no
+    package import, so it starts fast and small."""
+    source = Path(spawn_client.__file__).read_text(encoding="utf-8")
+    return f"#!{sys.executable} -IS\n# Written by aiwm-agentd at start from {spawn_client.__file__}.\n{source}"
+
+
 def launcher_script(state: SandboxState) -> str:
+    if state.spawner:
+        return stand_in_script()
     lines = ["#!/bin/sh",
              "# Written by aiwm-agentd at start (aiwm_agentd/sandbox/launcher.py): the Claude CLI's launcher.",
              "set -eu", "umask 077"]
@@ -99,7 +103,15 @@ def kill_tree(pid: int, state: SandboxState, sig: int = signal.SIGKILL, *, leade
 
     A separated child belongs to the tools user, which the daemon (no CAP_KILL) may not signal: the kill goes
     through the same drop to that user. A child still in its launcher (the daemon's uid) is signalled
-    directly too (`leader_too`: not once the SDK reaped it, its pid may be reused)."""
+    directly too (`leader_too`: not once the SDK reaped it, its pid may be reused).
+
+    With the tools spawner, `pid` is the stand-in: killing it closes its connection, and the spawner kills
+    the CLI's process group at once. Once the stand-in is reaped, the spawner has already done so."""
+    if state.spawner:
+        if leader_too:
+            with contextlib.suppress(OSError):
+                os.kill(pid, sig)
+        return
     with contextlib.suppress(OSError):
         os.killpg(pid, sig)
     if leader_too:

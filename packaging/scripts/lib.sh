@@ -8,6 +8,13 @@ AIWM_UNIT=aiwm-agentd.service
 AIWM_TOOLS_USER=aiwm-agentd-tools
 AIWM_TOOLS_DIR=/var/lib/aiwm-agentd-tools
 
+# Every unit of the package that may be running, the tools spawners (which run the packaged code too) and
+# their sockets included.
+aiwm_stop_all() {
+  systemctl stop "$AIWM_UNIT" 'aiwm-agentd@*.service' aiwm-agentd-tools.socket 'aiwm-agentd-tools@*.socket' \
+    aiwm-agentd-tools.service 'aiwm-agentd-tools@*.service' || true
+}
+
 aiwm_systemd_running() { [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; }
 
 aiwm_create_user() {
@@ -19,7 +26,7 @@ aiwm_create_user() {
   getent passwd "$AIWM_TOOLS_USER" >/dev/null 2>&1 || useradd --system --gid "$AIWM_TOOLS_USER" \
     --home-dir "$AIWM_TOOLS_DIR" --no-create-home --shell /usr/sbin/nologin \
     --comment "AIWM agent tools (sandbox)" "$AIWM_TOOLS_USER"
-  # Its workspace: one subdirectory per instance, created by the launcher as the tools user.
+  # Its workspace (aiwm-agentd-tools.service's StateDirectory; systemd would create it too).
   install -d -m 0700 -o "$AIWM_TOOLS_USER" -g "$AIWM_TOOLS_USER" "$AIWM_TOOLS_DIR"
 }
 
@@ -69,7 +76,7 @@ aiwm_start_if_configured() {
 aiwm_purge_state() {
   rm -f "$AIWM_ENV"
   rmdir /etc/aiwm 2>/dev/null || true
-  rm -rf /var/lib/aiwm-agentd /var/lib/aiwm-agentd-* "$AIWM_TOOLS_DIR"
+  rm -rf /var/lib/aiwm-agentd /var/lib/aiwm-agentd-* "$AIWM_TOOLS_DIR" /var/lib/aiwm-tools-* /var/lib/private/aiwm-tools-*
   rm -f /etc/systemd/system/multi-user.target.wants/aiwm-agentd.service \
         /etc/systemd/system/multi-user.target.wants/aiwm-agentd@*.service
   if getent passwd "$AIWM_USER" >/dev/null 2>&1; then userdel "$AIWM_USER" >/dev/null 2>&1 || true; fi
