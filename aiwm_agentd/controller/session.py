@@ -22,10 +22,11 @@ import random
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import replace
 
 from aiwm_agentd.backoff import backoff_delay, jittered_interval
 from aiwm_agentd.controller.client import ControllerError, HeartbeatResult
+from aiwm_agentd.controller.config_updates import answer_update, merge_polled
+from aiwm_agentd.controller.connect_retry import connect_retry
 from aiwm_agentd.controller.events import (
     ADVICE,
     Call,
@@ -38,8 +39,9 @@ from aiwm_agentd.controller.events import (
     State,
     WorkOffered,
 )
-from aiwm_agentd.controller.wire import ControllerConfig, jwt_expiry, jwt_lifetime
-from aiwm_agentd.controller.work import WorkOffer, ignored_task, parse_offer, without_datetime
+from aiwm_agentd.controller.token_schedule import refresh_delay, usable_until
+from aiwm_agentd.controller.wire import ControllerConfig
+from aiwm_agentd.controller.work import WorkOffer, ignored_task, parse_offer
 from aiwm_agentd.metrics import Metrics
 from aiwm_agentd.oncelog import OnceLog
 
@@ -49,13 +51,15 @@ __all__ = ["ADVICE", "Call", "ConnectFailed", "Connected", "ControllerSession", 
            "Outcome", "SessionSettings", "State", "WorkOffered"]
 
 DONE_KEYS = 200  # finished task keys remembered, so an offer repeated after the turn is not started again
-REFRESH_MARGIN = 600.0  # refresh this long before the token's lifetime ends (at most a tenth of it)
-REFRESH_FLOOR = 1.0  # never refresh sooner than this after a connect, whatever the token says
-EXPIRY_SLACK = 5.0  # a token this close to its end is not used for another call
-
 
 
 class ControllerSession:
+    """The controller session's state and schedule: which call is due, and what each outcome changes.
+
+    Pure policy lives beside it: token_schedule.py (token expiry and refresh times), connect_retry.py (retry,
+    keep the token or fall back after a failed connect), config_updates.py (configuration changes from a
+    config poll or a heartbeat answer)."""
+
     def __init__(self, settings: SessionSettings, metrics: Metrics | None = None,
                  wall: Callable[[], float] = time.time, rng: random.Random | None = None) -> None:
         self.settings = settings
@@ -274,8 +278,7 @@ class ControllerSession:
         self._token_usable = True
         self._token_until = None
         if controller.lifetime:  # stop using it a little before its end, but not before a refresh could run
-            life = controller.lifetime
-            self._token_until = now + max(REFRESH_FLOOR, life - min(EXPIRY_SLACK, life / 10))
+            self._token_until = usable_until(now, controller.lifetime)
         self._schedule_connect(now + self._refresh_delay(controller), "token refresh")
         self._heartbeat_due = now
         self._config_due = now + self.config_poll_interval if self.config_poll_interval > 0 else None
@@ -291,11 +294,7 @@ class ControllerSession:
         return [Connected(controller, previous, why)]
 
     def _refresh_delay(self, controller: ControllerConfig) -> float:
-        delay = self.settings.reconnect_interval
-        if controller.lifetime:
-            life = controller.lifetime
-            delay = min(delay, max(REFRESH_FLOOR, life - min(REFRESH_MARGIN, life / 10)))
-        return delay
+        return refresh_delay(self.settings.reconnect_interval, controller.lifetime)
 
     def _connect_failed(self, exc: ControllerError, why: str, now: float) -> list[Event]:
         self.metrics.connection_failure.labels(exc.kind).inc()
@@ -311,23 +310,23 @@ class ControllerSession:
             self._schedule_connect(now + max(fallback, exc.retry_after or 0.0), "retry")
             return events
         self._attempt += 1
-        if self.state == "connected" and self.token_valid(now):
+        retry = connect_retry(exc, self._attempt, keeping_token=self.state == "connected" and self.token_valid(now),
+                              fallback_interval=fallback, connect_retries=self.settings.connect_retries,
+                              rng=self._rng)
+        if retry.action == "keep_token":
             # The current token still works: keep serving and heartbeating with it, retry the connect.
-            delay = fallback if exc.permanent else min(fallback, backoff_delay(self._attempt, rng=self._rng))
-            delay = max(delay, exc.retry_after or 0.0)
             self._once.failure("connect", exc.signature, logging.WARNING,
                                "%s failed (%s) [correlation id %s]; %s; keeping the current token, retry in "
-                               "%.0f s", why, exc.describe(), exc.correlation_id, ADVICE.get(exc.kind, ""), delay)
-            self._schedule_connect(now + delay, why)
-            return events
-        if exc.permanent or self._attempt > self.settings.connect_retries:
+                               "%.0f s", why, exc.describe(), exc.correlation_id, ADVICE.get(exc.kind, ""),
+                               retry.delay)
+        elif retry.action == "fallback":
             self._enter_fallback(exc, now)
             return events
-        delay = max(backoff_delay(self._attempt, rng=self._rng), exc.retry_after or 0.0)
-        self._once.failure("connect", exc.signature, logging.WARNING,
-                           "%s failed (%s), retry %d/%d in %.1f s [correlation id %s]", why, exc.describe(),
-                           self._attempt, self.settings.connect_retries, delay, exc.correlation_id)
-        self._schedule_connect(now + delay, why)
+        else:
+            self._once.failure("connect", exc.signature, logging.WARNING,
+                               "%s failed (%s), retry %d/%d in %.1f s [correlation id %s]", why, exc.describe(),
+                               self._attempt, self.settings.connect_retries, retry.delay, exc.correlation_id)
+        self._schedule_connect(now + retry.delay, why)
         return events
 
     def _enter_fallback(self, exc: ControllerError, now: float) -> None:
@@ -392,10 +391,9 @@ class ControllerSession:
                                    self.config_poll_interval)
             return []
         self._once.recovered("config", "config poll works again")
-        if previous is None or outcome.fingerprint() == previous.fingerprint():
+        updated = merge_polled(previous, outcome)
+        if updated is None:
             return []
-        updated = replace(outcome, token=previous.token, lifetime=previous.lifetime,
-                          expires_at=previous.expires_at, wire_version=previous.wire_version)
         self.controller = updated
         log.info("config poll: the controller's configuration changed")
         return [Connected(updated, previous, "config poll")]
@@ -406,28 +404,21 @@ class ControllerSession:
         previous = self.controller
         if previous is None:
             return None
-        updated = previous
-        token = body.get("token")
-        if isinstance(token, str) and token and token != previous.token:
-            lifetime = jwt_lifetime(token, self._wall())
-            updated = replace(updated, token=token, lifetime=lifetime or updated.lifetime,
-                              expires_at=jwt_expiry(token) or updated.expires_at)
+        update = answer_update(previous, body, self._wall())
+        if update is None:
+            return None
+        if update.new_token:
             self._token_until = None
-            if lifetime:
-                self._token_until = now + max(REFRESH_FLOOR, lifetime - min(EXPIRY_SLACK, lifetime / 10))
-                self._schedule_connect(now + self._refresh_delay(updated), "token refresh")
+            if update.token_lifetime:
+                self._token_until = usable_until(now, update.token_lifetime)
+                self._schedule_connect(now + self._refresh_delay(update.controller), "token refresh")
             self.token_refreshes += 1
             self.metrics.token_refresh.inc()
             log.info("heartbeat answer: adopted a new agent token from the controller")
-        instruction = body.get("instruction")
-        prompt = instruction.get("systemPrompt") if isinstance(instruction, Mapping) else None
-        if isinstance(prompt, str) and without_datetime(prompt) != without_datetime(previous.instruction):
-            updated = replace(updated, instruction=prompt)
+        if update.new_instruction:
             log.info("heartbeat answer: the controller changed the instruction")
-        if updated is previous:
-            return None
-        self.controller = updated
-        return Connected(updated, previous, "heartbeat answer")
+        self.controller = update.controller
+        return Connected(update.controller, previous, "heartbeat answer")
 
     def _heartbeat_failed(self, exc: ControllerError, status: str, now: float) -> None:
         self.metrics.heartbeat_failure.labels(exc.kind).inc()

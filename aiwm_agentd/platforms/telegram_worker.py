@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 from aiwm_agentd.config import PlatformConfig
 from aiwm_agentd.platforms.addressing import Inbound, should_answer
-from aiwm_agentd.platforms.base import ConfigurationError, PlatformWorker, _describe
+from aiwm_agentd.platforms.base import ConfigurationError, PlatformWorker
 from aiwm_agentd.platforms.commands import parse_command
+from aiwm_agentd.platforms.errors import describe as _describe
 from aiwm_agentd.workers import ConversationKey, HealthState
 
 if TYPE_CHECKING:
