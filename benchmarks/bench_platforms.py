@@ -82,7 +82,7 @@ def instrument(worker: PlatformWorker, samples: list[float]) -> None:
     """Record callback -> first send() of each turn (the worker's own overhead)."""
     original = worker.handle_message
 
-    def handle(key: ConversationKey, text: str, command: Any, responder: Any) -> None:
+    def handle(key: ConversationKey, text: str, command: Any, responder: Any, **kwargs: Any) -> None:
         began = time.perf_counter()
         send = responder.send
         first = [True]
@@ -94,7 +94,7 @@ def instrument(worker: PlatformWorker, samples: list[float]) -> None:
             await send(chunk)
 
         responder.send = timed_send
-        original(key, text, command, responder)
+        original(key, text, command, responder, **kwargs)
 
     worker.handle_message = handle  # type: ignore[method-assign]
 

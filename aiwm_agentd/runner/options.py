@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 from aiwm_agentd.config import AgentConfig, ClaudeConfig
 from aiwm_agentd.sandbox import launcher
 from aiwm_agentd.sandbox.identity import SandboxState
+from aiwm_agentd.sandbox.spawn_client import RUN_DIR_PREFIX, SOCKET_VAR
 
 if TYPE_CHECKING:
     from claude_agent_sdk import ClaudeAgentOptions
@@ -247,9 +248,16 @@ class ChildSandbox:
     proxy_url: str = ""
 
     def workspace(self, paths: RunnerPaths) -> Path:
-        """The instance's own directory in the tools workspace (instances share the tools user)."""
+        """The instance's own directory in the tools workspace (setpriv: instances share the tools user)."""
         assert self.state.tools_dir is not None
         return self.state.tools_dir / paths.root.name
+
+    def run_dir(self, paths: RunnerPaths) -> str:
+        """Where the child finds its instruction and MCP configuration: the spawner makes a directory per
+        child and puts it in place of RUN_DIR_PREFIX; setpriv copies them into the workspace's run/."""
+        if self.state.spawner:
+            return RUN_DIR_PREFIX
+        return str(self.workspace(paths) / "run")
 
 
 def build_separated_env(child: ChildSandbox, paths: RunnerPaths, inherited: Mapping[str, str],
@@ -257,18 +265,23 @@ def build_separated_env(child: ChildSandbox, paths: RunnerPaths, inherited: Mapp
     """`options.env` of a separated child: the launcher's inputs, and the child's variables (the launcher passes
     only launcher.CHILD_ENV_NAMES on, through `env -i`). No long-lived secret: the credential is the
     per-child token, the API is the loopback proxy."""
-    assert child.state.identity is not None
-    work = child.workspace(paths)
     env = {key: "" for key in inherited if key not in _PASSTHROUGH and not key.startswith("LC_")}
+    if child.state.spawner:  # the spawner sets HOME, CLAUDE_CONFIG_DIR, USER and LOGNAME in its own unit
+        env[SOCKET_VAR] = child.state.spawner_socket
+    else:
+        assert child.state.identity is not None
+        work = child.workspace(paths)
+        env.update({
+            launcher.WORKSPACE_VAR: str(work),
+            "HOME": str(work / "home"),
+            "CLAUDE_CONFIG_DIR": str(work / "config"),
+            "USER": child.state.identity.name,
+            "LOGNAME": child.state.identity.name,
+        })
     env.update({
         launcher.CLI_VAR: cli,
-        launcher.WORKSPACE_VAR: str(work),
         launcher.INSTRUCTION_VAR: str(paths.instruction_file),
         launcher.MCP_VAR: str(mcp_source) if mcp_source is not None else "",
-        "HOME": str(work / "home"),
-        "CLAUDE_CONFIG_DIR": str(work / "config"),
-        "USER": child.state.identity.name,
-        "LOGNAME": child.state.identity.name,
         "SHELL": inherited.get("SHELL") or "/bin/sh",
         "PATH": inherited.get("PATH") or "/usr/local/bin:/usr/bin:/bin",
         "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
@@ -323,10 +336,10 @@ def build_options(config: AgentConfig, paths: RunnerPaths, inputs: OptionInputs,
         cli = claude.cli_path or bundled_cli()
         cli_path = str(paths.launcher)
         if child.state.separated:
-            work = child.workspace(paths)
-            system_prompt = {"type": "file", "path": str(work / "run" / "instruction.md")}
+            run_dir = child.run_dir(paths)
+            system_prompt = {"type": "file", "path": f"{run_dir}/instruction.md"}
             if mcp_source is not None:
-                mcp = str(work / "run" / "mcp.json")
+                mcp = f"{run_dir}/mcp.json"
             env = build_separated_env(child, paths, inherited, cli, mcp_source)
             cwd = str(paths.claude_home)  # the daemon's side; the launcher moves the CLI to work/
         else:

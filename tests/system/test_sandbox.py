@@ -1,12 +1,15 @@
 """The tool sandbox of the installed package under real systemd (issue 9), in a booted Debian 12 container.
 
 In order, against one container (module fixture): the .deb creates the tools user (in no group of the
-daemon's) and its 0700 workspace, and ships the sandbox drop-in; the limits are in the unit (`systemctl
-show`); with the drop-in linked, the daemon (local mode, Telegram and Anthropic fakes of this test process on
-the container's loopback, `Bash` whitelisted) says "separated" in /health; a chat message whose scripted
-model calls `Bash` to read /etc/aiwm/agent.env, /proc/<daemon>/environ, `env`, the state directory and the
-CLI's instruction gets nothing secret: checked in the tool result the fake Anthropic receives, in the chat
-reply and in the journal. The fake sees the real key (the daemon's proxy swapped it in), the CLI its token.
+daemon's) and its 0700 workspace, and ships the spawner's units, both units scoring <= 1.5 in
+`systemd-analyze security`; the limits are in both units (`systemctl show`); with the spawner's socket
+masked, the daemon (local mode, Telegram and Anthropic fakes of this test process on the container's
+loopback, `Bash` whitelisted) says "tool sandbox off" once; unmasked (the default), it says "separated" in
+/health, and a chat message whose scripted model calls `Bash` to read /etc/aiwm/agent.env,
+/proc/<daemon>/environ, `env`, the state directory and the CLI's instruction, and to open the spawner's
+socket, gets nothing secret: checked in the tool result the fake Anthropic receives, in the chat reply and in
+the journal. The fake sees the real key (the daemon's proxy swapped it in), the CLI its token. Stopping the
+daemon leaves no CLI; a template instance's tools run as a user of their own.
 """
 
 from __future__ import annotations
@@ -29,12 +32,14 @@ from .container_fakes import TimedTelegram, in_netns
 pytestmark = [pytest.mark.system, pytest.mark.timeout(900)]
 
 UNIT = "aiwm-agentd.service"
+TOOLS_UNIT = "aiwm-agentd-tools.service"
+SOCKET_UNIT = "aiwm-agentd-tools.socket"
+SPAWNER_SOCKET = "/run/aiwm-agentd-tools.sock"
 TOOLS_USER = "aiwm-agentd-tools"
 TOKEN = "717171:systest-sandbox-telegram-secret-0123456789"
 API_KEY = "sk-ant-fake-systest-sandbox-0123456789"
 GROUP = -1001
 TURN = 120.0
-DROPIN = "/usr/share/aiwm-agentd/tool-sandbox.conf"
 
 
 def tool_results(request: RecordedRequest) -> list[str]:
@@ -60,7 +65,9 @@ class Fakes:
         pid = self.box.show(UNIT, "MainPID")["MainPID"]
         return (f"id; cat /etc/aiwm/agent.env; tr '\\0' '\\n' < /proc/{pid}/environ; ls /proc/{pid}; env; "
                 "ls -la /var/lib/aiwm-agentd /var/lib/aiwm-agentd/claude; "
-                "cat /var/lib/aiwm-agentd/claude/instruction.md; true")
+                "cat /var/lib/aiwm-agentd/claude/instruction.md; "
+                f"python3 -c \"import socket; socket.socket(socket.AF_UNIX).connect('{SPAWNER_SOCKET}')\" "
+                "2>&1 | tail -n 1; true")
 
     def _script(self, request: RecordedRequest) -> str:
         if tool_results(request):
@@ -102,44 +109,51 @@ def health(box: Container) -> dict[str, Any]:
         return {}
 
 
-def test_install_creates_the_tools_user_and_its_workspace(container: Container, packages: dict[str, Any]) -> None:
+def test_install_creates_the_tools_user_and_the_spawner_units(container: Container,
+                                                              packages: dict[str, Any]) -> None:
     box = container
     shutil.copy(packages["deb"], box.root / "root/aiwm-agentd.deb")
     box.sh("dpkg -i /root/aiwm-agentd.deb", timeout=300)
     assert box.out(f"getent passwd {TOOLS_USER} | cut -d: -f6,7") == "/var/lib/aiwm-agentd-tools:/usr/sbin/nologin"
     assert box.out(f"id -nG {TOOLS_USER}") == TOOLS_USER  # in no group of the daemon's
     assert box.out("stat -c '%U:%G %a' /var/lib/aiwm-agentd-tools") == f"{TOOLS_USER}:{TOOLS_USER} 700"
-    assert "CapabilityBoundingSet=CAP_SETUID CAP_SETGID" in box.out(f"cat {DROPIN}")
+    for unit in (UNIT, TOOLS_UNIT, "aiwm-agentd@check.service", "aiwm-agentd-tools@check.service"):
+        text = box.out(f"systemd-analyze security {unit} 2>&1 | tail -n 1")
+        exposure = float(re.findall(r"level for .*: ([0-9.]+)", text)[0])
+        record(f"exposure_{unit}", exposure)
+        assert exposure <= 1.5, (unit, text)
+    assert box.out(f"systemctl show -p CapabilityBoundingSet --value {UNIT}") == ""
 
 
-def test_limits_are_in_the_unit(container: Container) -> None:
-    props = container.show(UNIT, "MemoryMax", "TasksMax", "CPUQuotaPerSecUSec", "LimitCORE", "IPAddressDeny",
-                           "IPAddressAllow")
-    assert props["MemoryMax"] == str(2 * 1024**3) and props["TasksMax"] == "512", props
-    assert props["CPUQuotaPerSecUSec"] == "2s" and props["LimitCORE"] == "0", props
-    assert "0.0.0.0/0" in props["IPAddressDeny"] or props["IPAddressDeny"] in ("any", "0.0.0.0/0 ::/0"), props
-    assert "169.254." not in props["IPAddressAllow"] and "fe80" not in props["IPAddressAllow"], props
-    assert "169.255.0.0/16" in props["IPAddressAllow"], props
+def test_limits_are_in_both_units(container: Container) -> None:
+    for unit in (UNIT, TOOLS_UNIT):
+        props = container.show(unit, "MemoryMax", "TasksMax", "CPUQuotaPerSecUSec", "LimitCORE", "IPAddressDeny",
+                               "IPAddressAllow")
+        assert props["MemoryMax"] == str(2 * 1024**3) and props["TasksMax"] == "512", props
+        assert props["CPUQuotaPerSecUSec"] == "2s" and props["LimitCORE"] == "0", props
+        assert "0.0.0.0/0" in props["IPAddressDeny"] or props["IPAddressDeny"] in ("any", "0.0.0.0/0 ::/0"), props
+        assert "169.254." not in props["IPAddressAllow"] and "fe80" not in props["IPAddressAllow"], props
+        assert "169.255.0.0/16" in props["IPAddressAllow"], props
 
 
-def test_without_the_dropin_the_daemon_says_it_is_not_separated(container: Container, fakes: Fakes) -> None:
+def test_without_the_spawner_the_daemon_says_it_is_not_separated(container: Container, fakes: Fakes) -> None:
     box = container
     box.write("/etc/aiwm/agent.env", agent_env(fakes), mode="0640", owner="root:aiwm-agentd")
     box.write("/etc/aiwm/instruction.md", "SYSTEST-SANDBOX-INSTRUCTION", mode="0640", owner="root:aiwm-agentd")
-    box.sh(f"systemctl start {UNIT}", timeout=120)
+    box.sh(f"systemctl mask --runtime {SOCKET_UNIT} && systemctl start {UNIT}", timeout=120)
     sandbox = box.wait_for("the runner's sandbox in /health", lambda: health(box).get("sandbox"), timeout=60)
-    assert sandbox["separated"] is False and "CAP_SETUID" in sandbox["detail"], sandbox
+    assert sandbox["separated"] is False and "unreachable" in sandbox["detail"], sandbox
     log = "\n".join(e["MESSAGE"] for e in box.journal(UNIT))
     assert len(re.findall(r"tool sandbox off", log)) == 1, log[-2000:]
 
 
 def test_bash_tool_in_the_sandbox_reads_no_secret(container: Container, fakes: Fakes) -> None:
     box = container
-    box.sh(f"mkdir -p /etc/systemd/system/{UNIT}.d && ln -sf {DROPIN} /etc/systemd/system/{UNIT}.d/ && "
-           f"systemctl daemon-reload && systemctl restart {UNIT}", timeout=120)
+    box.sh(f"systemctl unmask --runtime {SOCKET_UNIT} && systemctl restart {UNIT}", timeout=120)
     sandbox = box.wait_for("separated in /health",
                            lambda: (health(box).get("sandbox") or {}).get("separated"), timeout=60)
     assert sandbox is True
+    assert box.out(f"stat -c '%U:%G %a' {SPAWNER_SOCKET}") == "root:aiwm-agentd 660"
     box.wait_for("the telegram bot polling",
                  lambda: ((health(box).get("workers") or {}).get("telegram") or {}).get("state") == "ok",
                  timeout=60)
@@ -151,19 +165,42 @@ def test_bash_tool_in_the_sandbox_reads_no_secret(container: Container, fakes: F
     uid = box.out(f"id -u {TOOLS_USER}")
     assert f"uid={uid}({TOOLS_USER})" in results, results
     assert "Permission denied" in results and "No such file or directory" in results, results
+    assert "PermissionError" in results, results  # the spawner's socket: not for the tools
     for secret in (API_KEY, TOKEN, "SYSTEST-SANDBOX-INSTRUCTION"):
         assert secret not in results, secret
     assert all(r.headers.get("x-api-key") == API_KEY for r in requests)
     assert "SYSTEST-SANDBOX-INSTRUCTION" in requests[0].system_text
-    journal = "\n".join(e["MESSAGE"] for e in box.journal(UNIT))
+    journal = "\n".join(e["MESSAGE"] for u in (UNIT, TOOLS_UNIT) for e in box.journal(u))
     assert API_KEY not in journal and TOKEN not in journal
+    assert box.show(TOOLS_UNIT, "ActiveState")["ActiveState"] == "active"
     record("sandbox_separated_turn_requests", len(requests))
 
 
-def test_stop_leaves_no_process_of_the_tools_user(container: Container) -> None:
+def test_stop_leaves_no_cli_of_the_tools_user(container: Container) -> None:
     box = container
     box.sh(f"systemctl stop {UNIT}", timeout=60)
-    assert box.out(f"pgrep -u {TOOLS_USER} || true") == ""
-    workspace = box.out("ls /var/lib/aiwm-agentd-tools/aiwm-agentd")
+    left = box.wait_for("only the spawner left as the tools user", lambda: [
+        line for line in box.out(f"ps -u {TOOLS_USER} -o pid=,args= || true").splitlines()
+        if "tools-spawner" not in line] == [] or None, timeout=15)
+    assert left is True
+    workspace = box.out("ls /var/lib/aiwm-agentd-tools")
     assert workspace.split() == ["config", "home", "run", "work"], workspace
-    assert box.out("stat -c '%U %a' /var/lib/aiwm-agentd-tools/aiwm-agentd/run/instruction.md") == f"{TOOLS_USER} 600"
+    assert box.out("ls -A /var/lib/aiwm-agentd-tools/run") == ""  # per-child files removed with the child
+
+
+def test_a_template_instance_has_tools_of_its_own(container: Container) -> None:
+    box = container
+    box.sh("systemctl start aiwm-agentd-tools@two.socket && "
+           "python3 -c \"import socket; socket.socket(socket.AF_UNIX).connect('/run/aiwm-agentd-tools-two.sock')\"",
+           timeout=60)
+    box.wait_for("aiwm-agentd-tools@two running", lambda: box.show("aiwm-agentd-tools@two.service", "ActiveState")
+                 ["ActiveState"] == "active" or None, timeout=30)
+    pid = box.show("aiwm-agentd-tools@two.service", "MainPID")["MainPID"]
+    user = box.out(f"ps -o user= -p {pid}")
+    assert user == "aiwm-tools-two", user
+    assert box.out("stat -L -c '%U %a' /var/lib/aiwm-tools-two") == "aiwm-tools-two 700"
+    # The shared tools user cannot read this instance's workspace, nor the other way round.
+    denied = box.sh(f"setpriv --reuid={TOOLS_USER} --regid={TOOLS_USER} --clear-groups ls /var/lib/aiwm-tools-two/",
+                    check=False)
+    assert denied.returncode != 0
+    box.sh("systemctl stop aiwm-agentd-tools@two.socket aiwm-agentd-tools@two.service", timeout=60)
