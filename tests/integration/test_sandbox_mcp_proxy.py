@@ -153,3 +153,29 @@ def test_the_childs_mcp_config_and_environment_hold_no_jwt(rig: dict[str, Any], 
     assert not paths.mcp_config.exists()  # the shared file with the JWT is not written for a separated child
     forget_child(paths, token)
     assert not source.exists()
+
+
+def test_behind_the_realtime_mcp_proxy_the_child_gets_neither_its_secret_nor_the_jwt(tmp_path: Path) -> None:
+    """The default (AIWM_MCP_PROXY=true): the config names the realtime proxy with its per-daemon secret; the
+    child is given the API proxy and its own token instead, and the JWT still arrives at the server."""
+    from aiwm_agentd.realtime.mcp_proxy import McpProxy
+
+    server = FakeMcpServer().start()
+    realtime = McpProxy(lambda: JWT)
+    configured = realtime.rewrite(_servers(server.url, JWT), 1)
+    secret = configured["Builtin"]["headers"]["Authorization"].split()[1]
+    proxy = ApiProxy(Upstream("http://127.0.0.1:9", "sk-daemon", "", configured))
+    proxy.start()
+    try:
+        token = proxy.issue("conv")
+        paths = RunnerPaths.for_state_dir(tmp_path / "aiwm-agentd")
+        source = write_child_mcp_config(paths, ChildSandbox(STATE, token=token, proxy_url=proxy.url), configured)
+        text = source.read_text()
+        assert secret not in text and secret.split(".")[0] not in text and JWT not in text
+        url = json.loads(text)["mcpServers"]["Builtin"]["url"]
+        assert _post(url, token, INIT).status_code == 200
+    finally:
+        proxy.stop()
+        realtime.close()
+        server.stop()
+    assert [r.authorization for r in server.requests] == [f"Bearer {JWT}"]
