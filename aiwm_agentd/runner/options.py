@@ -186,6 +186,10 @@ class RunnerPaths:
     def create(self) -> None:
         for directory in (self.claude_home, self.config_dir, self.workdir, self.sessions_dir):
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # Per-child sources left by a previous run (a crash, or a close that did not forget them): the launcher
+        # copied each at its child's start, so none is needed any more, and their tokens are dead or dying.
+        for stale in self.children_dir.glob("mcp-*.json"):
+            stale.unlink(missing_ok=True)
 
 
 def effective_permission_mode(mode: str, euid: int | None = None) -> str:

@@ -3,8 +3,11 @@ paths a route forwards, and the old SSE transport's `endpoint` event pointed bac
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+from aiwm_agentd.runner.options import ChildSandbox, RunnerPaths, write_child_mcp_config
+from aiwm_agentd.sandbox.identity import SandboxState
 from aiwm_agentd.sandbox.mcp_routes import (
     EndpointRewriter,
     McpRoutes,
@@ -97,3 +100,12 @@ def test_relative_and_foreign_endpoints() -> None:
     assert rewriter.feed(foreign) == foreign
     assert [url for _, url in announced] == ["https://ctl.example/base/messages?s=2"]
     assert rewriter.feed(b": keep-alive") == b"" and rewriter.flush() == b": keep-alive"
+
+
+def test_per_child_sources_are_swept_at_start(tmp_path: Path) -> None:
+    paths = RunnerPaths.for_state_dir(tmp_path)
+    child = ChildSandbox(SandboxState(True, "on"), token="aiwm-child-old", proxy_url="http://127.0.0.1:7")
+    source = write_child_mcp_config(paths, child, SERVERS)
+    assert source.parent == paths.children_dir and "aiwm-child-old" not in source.name
+    paths.create()
+    assert not source.exists()
