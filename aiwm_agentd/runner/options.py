@@ -32,6 +32,7 @@ Enforcement, because `allowed_tools` in the SDK only auto-approves and does not 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -41,7 +42,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aiwm_agentd.config import AgentConfig, ClaudeConfig
-from aiwm_agentd.sandbox import launcher
+from aiwm_agentd.sandbox import launcher, mcp_routes
 from aiwm_agentd.sandbox.identity import SandboxState
 from aiwm_agentd.sandbox.spawn_client import RUN_DIR_PREFIX, SOCKET_VAR
 
@@ -167,6 +168,11 @@ class RunnerPaths:
         return self.claude_home / "mcp.json"
 
     @property
+    def children_dir(self) -> Path:
+        """Per-child sources the launcher copies into the tools workspace (they hold the child's token)."""
+        return self.claude_home / "children"
+
+    @property
     def instruction_file(self) -> Path:
         return self.claude_home / "instruction.md"
 
@@ -181,6 +187,10 @@ class RunnerPaths:
     def create(self) -> None:
         for directory in (self.claude_home, self.config_dir, self.workdir, self.sessions_dir):
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # Per-child sources left by a previous run (a crash, or a close that did not forget them): the launcher
+        # copied each at its child's start, so none is needed any more, and their tokens are dead or dying.
+        for stale in self.children_dir.glob("mcp-*.json"):
+            stale.unlink(missing_ok=True)
 
 
 def effective_permission_mode(mode: str, euid: int | None = None) -> str:
@@ -215,6 +225,28 @@ def build_env(claude: ClaudeConfig, paths: RunnerPaths, inherited: Mapping[str, 
 def write_mcp_config(paths: RunnerPaths, servers: Mapping[str, Any]) -> Path:
     """The MCP servers go to the CLI as a 0600 file: inline JSON would put the agent token on its argv."""
     return _write_private(paths.mcp_config, json.dumps({"mcpServers": dict(servers)}, sort_keys=True).encode())
+
+
+def child_mcp_source(paths: RunnerPaths, token: str) -> Path:
+    """The per-child MCP configuration (named by a digest of the token, which is never in a file name)."""
+    digest = hashlib.sha256(token.encode()).hexdigest()[:24]
+    return paths.children_dir / f"mcp-{digest}.json"
+
+
+def write_child_mcp_config(paths: RunnerPaths, child: ChildSandbox, servers: Mapping[str, Any]) -> Path:
+    """A separated child's MCP configuration: the entries that carry the daemon's credential (the agent JWT)
+    point at the loopback proxy with the child's token (sandbox/mcp_routes.py), so the copy in the tools
+    workspace holds nothing that outlives the child. 0600 in the daemon's state dir; `forget_child` removes
+    it when the child closes."""
+    rewritten = mcp_routes.child_servers(servers, child.token, child.proxy_url)
+    data = json.dumps({"mcpServers": rewritten}, sort_keys=True).encode()
+    return _write_private(child_mcp_source(paths, child.token), data)
+
+
+def forget_child(paths: RunnerPaths, token: str) -> None:
+    """Remove what was written for the child holding `token` (call with its revoke; harmless if none)."""
+    if token:
+        child_mcp_source(paths, token).unlink(missing_ok=True)
 
 
 def write_instruction(paths: RunnerPaths, instruction: str) -> Path:
@@ -322,7 +354,12 @@ def build_options(config: AgentConfig, paths: RunnerPaths, inputs: OptionInputs,
     if plan.needs_call_guard():
         hooks = {"PreToolUse": [HookMatcher(matcher=None, hooks=[_tool_guard(plan)])]}
     disallowed = [f"mcp__{server}" for server in plan.blocked_servers] + list(inputs.hidden_tools)
-    mcp_source = write_mcp_config(paths, claude.mcp_servers) if claude.mcp_servers else None
+    child = inputs.sandbox
+    mcp_source: Path | None = None
+    if claude.mcp_servers and child is not None and child.state.separated and child.token:
+        mcp_source = write_child_mcp_config(paths, child, claude.mcp_servers)  # no JWT for the tools' side
+    elif claude.mcp_servers:
+        mcp_source = write_mcp_config(paths, claude.mcp_servers)
     mcp: Any = mcp_source if mcp_source is not None else {}
     # A file, read by the CLI at each start: never argv (ps, 128 KiB, NUL). `--system-prompt-snapshot off`
     # (the SDK sends its `snapshot` flag for custom prompts only): a resumed session gets the instruction as
@@ -331,7 +368,6 @@ def build_options(config: AgentConfig, paths: RunnerPaths, inputs: OptionInputs,
     inherited = os.environ if inherited is None else inherited
     env = build_env(claude, paths, inherited)
     cli_path, cwd = claude.cli_path or None, str(paths.workdir)
-    child = inputs.sandbox
     if child is not None:
         cli = claude.cli_path or bundled_cli()
         cli_path = str(paths.launcher)

@@ -8,6 +8,10 @@ token, replaces it with the real credential and forwards the request to the real
 the daemon or https://api.anthropic.com), streaming the answer back (SSE) unchanged. A token the model copies
 out of its environment is worth nothing once its child is gone.
 
+The same token also opens `/mcp/<server>/...`: the MCP servers that carry a credential of the daemon's (the
+agent JWT), which the child's MCP configuration names through this proxy (mcp_routes.py): the request is
+forwarded with the server's current headers from `Upstream.mcp_servers`, so a refreshed JWT is used at once.
+
 aiohttp on a `LoopThread`; listens on 127.0.0.1 on a port chosen at construction, so `url` is known at once.
 """
 
@@ -20,12 +24,15 @@ import secrets
 import socket
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 from aiohttp import web
 
 from aiwm_agentd.loopthread import LoopThread
+from aiwm_agentd.sandbox import mcp_routes
 
 log = logging.getLogger("aiwm_agentd.sandbox.api_proxy")
 
@@ -45,6 +52,9 @@ class Upstream:
     base_url: str
     api_key: str
     oauth_token: str
+    # The SDK `mcp_servers` of the current configuration (Authorization = the current JWT): where and with
+    # which headers `/mcp/<server>/...` is forwarded.
+    mcp_servers: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def child_variable(self) -> str:
@@ -69,6 +79,7 @@ class ApiProxy:
         self._thread = LoopThread("api-proxy", request_stop=self._request_stop)
         self.refused = 0
         self.forwarded = 0
+        self.mcp = mcp_routes.McpRoutes()
 
     @property
     def url(self) -> str:
@@ -144,6 +155,9 @@ class ApiProxy:
             return web.json_response({"type": "error", "error": {
                 "type": "authentication_error", "message": "unknown or expired per-child token"}}, status=401)
         upstream = self.upstream()
+        assert self._session is not None
+        if request.rel_url.raw_path.startswith(mcp_routes.PREFIX):
+            return await self.mcp.forward(request, self._session, upstream.mcp_servers)
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _DROP_REQUEST}
         if upstream.api_key:
             headers["x-api-key"] = upstream.api_key
@@ -151,7 +165,6 @@ class ApiProxy:
             headers["Authorization"] = f"Bearer {upstream.oauth_token}"
         target = (upstream.base_url or DEFAULT_UPSTREAM).rstrip("/") + request.rel_url.raw_path_qs
         body = await request.read()
-        assert self._session is not None
         response: web.StreamResponse | None = None
         try:
             async with self._session.request(request.method, target, headers=headers, data=body or None,
