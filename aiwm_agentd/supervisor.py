@@ -106,7 +106,8 @@ class Supervisor:
         self._socket_inputs: list[tuple[str, str]] = []
         self.work = WorkDispatch(self.session, self.metrics, settings.state_dir, self._wake.set)
         self._mcp = McpRewriter(lambda: self.session.token or (self.session.controller.token
-                                                              if self.session.controller else ""), settings.verify)
+                                                              if self.session.controller else ""), settings.verify,
+                                controller_url=settings.base_url)
         self._health: HealthServer | None = None
         self._ready = False
         self._reloading = False  # RELOADING=1 sent; READY=1 follows when the reconnect ends

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aiwm_agentd.config import AgentConfig
+from aiwm_agentd.config.snapshot import is_controller_server
 from aiwm_agentd.controller.client import ControllerClient, HeartbeatResult
 from aiwm_agentd.controller.events import Call
 from aiwm_agentd.controller.session import ControllerSession
@@ -140,12 +141,15 @@ def heartbeat_call(client: ControllerClient, call: Call, payload: Mapping[str, A
 
 
 class McpRewriter:
-    """Points the controller's HTTP MCP servers at the loopback proxy, which adds the current agent token
-    itself (the JWT never appears in the CLI's configuration). The proxy starts on first use."""
+    """Points the controller's own HTTP MCP servers (its `Builtin` entry, or its origin) at the loopback
+    proxy, which adds the current agent token itself (the JWT never appears in the CLI's configuration).
+    Third-party servers keep their own URL and headers: the proxy would send them the JWT. The proxy starts on
+    first use."""
 
-    def __init__(self, token: Callable[[], str], verify: bool | str) -> None:
+    def __init__(self, token: Callable[[], str], verify: bool | str, controller_url: str = "") -> None:
         self._token = token
         self._verify = verify
+        self._controller_url = controller_url
         self.proxy: McpProxy | None = None
         self._proxy_token = ""
         self._generation = 0
@@ -161,7 +165,11 @@ class McpRewriter:
             log.info("MCP servers are reached through the loopback proxy %s", self.proxy.url)
         if controller.token != self._proxy_token:
             self._proxy_token, self._generation = controller.token, self._generation + 1
-        claude = replace(config.claude, mcp_servers=self.proxy.rewrite(servers, self._generation))
+        own = {name: spec for name, spec in servers.items()
+               if isinstance(spec, Mapping) and is_controller_server(name, spec, self._controller_url)}
+        rewritten = self.proxy.rewrite(own, self._generation) if own else {}
+        merged = {name: rewritten.get(name, spec) for name, spec in servers.items()}
+        claude = replace(config.claude, mcp_servers=merged)
         return replace(config, claude=claude)
 
     @property

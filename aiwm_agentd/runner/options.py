@@ -374,8 +374,8 @@ def build_options(config: AgentConfig, paths: RunnerPaths, inputs: OptionInputs,
         if child.state.separated:
             run_dir = child.run_dir(paths)
             system_prompt = {"type": "file", "path": f"{run_dir}/instruction.md"}
-            if mcp_source is not None:
-                mcp = f"{run_dir}/mcp.json"
+            if mcp_source is not None:  # setpriv: per child under its own name (it holds the child's token)
+                mcp = f"{run_dir}/mcp.json" if child.state.spawner else f"{run_dir}/{mcp_source.name}"
             env = build_separated_env(child, paths, inherited, cli, mcp_source)
             cwd = str(paths.claude_home)  # the daemon's side; the launcher moves the CLI to work/
         else:

@@ -79,8 +79,11 @@ def launcher_script(state: SandboxState) -> str:
     lines += [
         f'ws="${WORKSPACE_VAR}"',
         f"{drop} /bin/sh -c {shlex.quote(copy)} sh \"$ws\" instruction.md < \"${INSTRUCTION_VAR}\"",
+        # Each child's MCP configuration under its own name (it holds that child's token); older ones
+        # (revoked tokens) are swept after a day.
         f'if [ -n "${{{MCP_VAR}:-}}" ]; then',
-        f"  {drop} /bin/sh -c {shlex.quote(copy)} sh \"$ws\" mcp.json < \"${MCP_VAR}\"",
+        f"  {drop} /bin/sh -c {shlex.quote(copy)} sh \"$ws\" \"$(basename \"${MCP_VAR}\")\" < \"${MCP_VAR}\"",
+        f"  {drop} find \"$ws/run\" -name 'mcp*.json' -mmin +1440 -delete 2>/dev/null || true",
         "fi",
         f'exec {setsid} {drop} {shlex.quote(_tool("env"))} -i -C "$ws/work" {env} "${CLI_VAR}" "$@"',
     ]

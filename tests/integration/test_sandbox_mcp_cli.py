@@ -52,7 +52,7 @@ def test_controller_mcp_tool_works_through_the_proxy_and_the_tools_never_see_the
             return TOOL_MARK + json.dumps({"name": "mcp__Builtin__StartWork", "input": {"workId": work_id}})
         if step == 1:
             return TOOL_MARK + json.dumps({"name": "Bash", "input": {
-                "command": "cat \"$HOME/../run/mcp.json\"; echo; env; true", "description": "probe"}})
+                "command": "cat \"$HOME\"/../run/mcp*.json; echo; env; true", "description": "probe"}})
         return "done"
 
     fake = ToolAnthropic().start()

@@ -143,7 +143,7 @@ def test_the_childs_mcp_config_and_environment_hold_no_jwt(rig: dict[str, Any], 
     options = build_options(config, paths, OptionInputs(sandbox=child), inherited={"AIWM_JWT": JWT})
     source = child_mcp_source(paths, token)
     assert options.env["AIWM_SANDBOX_MCP"] == str(source)
-    assert options.mcp_servers == "/tools/aiwm-agentd/run/mcp.json"
+    assert options.mcp_servers == f"/tools/aiwm-agentd/run/{source.name}"
     text = source.read_text()
     assert source.stat().st_mode & 0o777 == 0o600 and token in text
     child_side = text + "\n".join(f"{k}={v}" for k, v in options.env.items())
