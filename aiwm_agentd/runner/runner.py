@@ -28,13 +28,11 @@ import concurrent.futures
 import contextlib
 import logging
 import os
-import signal
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aiwm_agentd import logs
@@ -42,23 +40,14 @@ from aiwm_agentd.config import AgentConfig
 from aiwm_agentd.loopthread import LoopNotRunning, LoopState, LoopThread
 from aiwm_agentd.runner import failures, memory
 from aiwm_agentd.runner.failures import Failure
-from aiwm_agentd.runner.options import (
-    ChildSandbox,
-    OptionInputs,
-    RunnerPaths,
-    build_options,
-    effective_permission_mode,
-    plan_tools,
-)
+from aiwm_agentd.runner.options import OptionInputs, RunnerPaths, build_options, effective_permission_mode, plan_tools
+from aiwm_agentd.runner.sandboxing import RunnerSandbox
+from aiwm_agentd.runner.sdk_import import import_sdk
 from aiwm_agentd.runner.sessions import SessionStore
-from aiwm_agentd.sandbox import launcher
-from aiwm_agentd.sandbox.identity import SandboxState, detect
 from aiwm_agentd.workers import ConversationKey, Reply, WorkerHealth
 
 if TYPE_CHECKING:
     from claude_agent_sdk import ClaudeAgentOptions, ClaudeSDKClient
-
-    from aiwm_agentd.sandbox.api_proxy import ApiProxy, Upstream
 
 log = logging.getLogger("aiwm_agentd.runner")
 
@@ -145,8 +134,7 @@ class ClaudeRunner:
         self._loop_background: set[asyncio.Task[None]] = set()
         self._loop_import_now: asyncio.Event | None = None
         self._loop_rss_estimate = 0  # bytes a new client is expected to take: the largest tree measured
-        self._sandbox: SandboxState | None = None
-        self._api_proxy: ApiProxy | None = None
+        self._sandbox = RunnerSandbox()
         self._warn_config(config)
 
     # ---------------------------------------------------------------------------------- Worker
@@ -157,7 +145,7 @@ class ClaudeRunner:
             raise RuntimeError("the Claude runner is already running")
         self._paths.create()
         self._sessions = SessionStore(self._paths.sessions_dir)
-        self._start_sandbox()
+        self._sandbox.start(self._config, self._paths)
         with self._lock:
             self._closing = False
             self._state, self._detail = "starting", ""
@@ -180,8 +168,7 @@ class ClaudeRunner:
             if (old.claude, old.instruction) != (config.claude, config.instruction):
                 self._generation += 1
         self._warn_config(config, old)
-        if self._api_proxy is not None:
-            self._api_proxy.set_upstream(_upstream(config))
+        self._sandbox.set_upstream(config)
         with contextlib.suppress(LoopNotRunning):
             self._loop_thread.call_soon(self._loop_notify)
 
@@ -199,8 +186,9 @@ class ClaudeRunner:
                 "memory_budget_mib": self._config.claude.memory_budget_mib,
                 "budget_closes": self._budget_closes,
             }
-            if self._sandbox is not None:
-                extra["sandbox"] = self._sandbox.health()
+            sandbox = self._sandbox.health()
+            if sandbox is not None:
+                extra["sandbox"] = sandbox
             state, detail = self._state, self._detail
         if self._loop_thread.state is LoopState.DIED:
             return WorkerHealth("error", f"runner thread died ({self._loop_thread.death_detail()})",
@@ -213,9 +201,7 @@ class ClaudeRunner:
         self._stop_deadline = deadline
         self._loop_thread.stop(deadline)
         self._kill_leftover_children()
-        if self._api_proxy is not None:
-            self._api_proxy.stop(deadline)
-            self._api_proxy = None
+        self._sandbox.stop(deadline)
         # Only left when the loop thread had to be abandoned; otherwise _after_loop answered everything.
         self._answer_outstanding(failures.SHUTTING_DOWN)
         with self._lock:
@@ -294,7 +280,7 @@ class ClaudeRunner:
             with self._lock:
                 self._detail = "importing the Claude Agent SDK"
             try:
-                import claude_agent_sdk  # noqa: F401  (lazy: ~35 MiB; only when a runner exists)
+                import_sdk()
             except ImportError as exc:
                 with self._lock:
                     self._state, self._detail = "error", f"claude-agent-sdk not importable: {exc}"
@@ -620,7 +606,7 @@ class ClaudeRunner:
         def on_stderr(line: str) -> None:
             log.warning("[%s] claude: %s", key, logs.mask(line))
 
-        child = self._child_sandbox(str(key))
+        child = self._sandbox.child(str(key))
         inputs = OptionInputs(resume=resume, stderr=on_stderr, hidden_tools=self._loop_hidden_tools(),
                               sandbox=child)
         generation = self._generation
@@ -630,8 +616,8 @@ class ClaudeRunner:
             await client.connect()
         except BaseException:
             self._forget_pid(client)
-            if child is not None and self._api_proxy is not None:
-                self._api_proxy.revoke(child.token)
+            if child is not None:
+                self._sandbox.revoke(child.token)
             raise
         conv.client, conv.client_generation = client, generation
         conv.client_token = child.token if child is not None else ""
@@ -641,46 +627,6 @@ class ClaudeRunner:
                 self._child_pids.add(conv.client_pid)
         if self._config.claude.mcp_servers:  # every client: the status is shown, the names guard the calls
             await self._loop_discover_mcp_tools(client)
-
-    def _start_sandbox(self) -> None:
-        """Once per process: decide whether the CLI can run as the tools user (said once: log and /health);
-        each start: the launcher, and the Anthropic API proxy when separated."""
-        claude = self._config.claude
-        if self._sandbox is None:
-            self._sandbox = detect(claude.tools_user, Path(claude.tools_dir))
-            if self._sandbox.separated:
-                log.info("tool sandbox %s", self._sandbox.detail)
-            else:
-                log.warning("tool sandbox %s: the Claude CLI and its tools run as the daemon's user and can read "
-                            "its configuration and keys", self._sandbox.detail)
-        launcher.write_launcher(self._paths.launcher, self._sandbox)
-        if self._sandbox.separated and self._api_proxy is None:
-            from aiwm_agentd.sandbox.api_proxy import ApiProxy  # aiohttp: only when separated
-
-            self._api_proxy = ApiProxy(_upstream(self._config))
-            self._api_proxy.start()
-
-    def _child_sandbox(self, label: str) -> ChildSandbox | None:
-        """The sandbox inputs of a new CLI child: a fresh per-child token when separated."""
-        state = self._sandbox
-        if state is None:
-            return None
-        proxy = self._api_proxy
-        if not state.separated or proxy is None:
-            return ChildSandbox(state)
-        upstream = proxy.upstream()
-        return ChildSandbox(state, token=proxy.issue(label), token_variable=upstream.child_variable,
-                            proxy_url=proxy.url)
-
-    def _kill_tree(self, pid: int, leader_too: bool = True) -> None:
-        """Kill a CLI child and every process of its turn (its process group, as the tools user if need be)."""
-        state = self._sandbox
-        if state is None:
-            if leader_too:
-                with contextlib.suppress(OSError):
-                    os.kill(pid, signal.SIGKILL)
-            return
-        launcher.kill_tree(pid, state, leader_too=leader_too)
 
     def _loop_hidden_tools(self) -> list[str]:
         return plan_tools(self._config.claude).hidden_tools(self._loop_discovered)
@@ -781,15 +727,14 @@ class ClaudeRunner:
         if fast and pid is not None:
             # Closing gracefully waits up to 5 s for the CLI to exit on stdin EOF; when we are in a hurry
             # (timeout, /stop, shutdown) the turn is abandoned anyway: its whole process tree goes.
-            await asyncio.get_running_loop().run_in_executor(None, self._kill_tree, pid)
+            await asyncio.get_running_loop().run_in_executor(None, self._sandbox.kill_tree, pid)
         try:
             await asyncio.wait_for(asyncio.shield(client.disconnect()), timeout=20)
         except Exception as exc:
             log.warning("[%s] closing its client: %s", conv.key, logs.mask(str(exc)))
         if pid is not None:  # background jobs of its tools die with it (its process group)
-            await asyncio.get_running_loop().run_in_executor(None, self._kill_tree, pid, False)
-        if token and self._api_proxy is not None:
-            self._api_proxy.revoke(token)
+            await asyncio.get_running_loop().run_in_executor(None, self._sandbox.kill_tree, pid, False)
+        self._sandbox.revoke(token)
         if pid is not None and not _pid_alive(pid):
             with self._lock:
                 self._child_pids.discard(pid)
@@ -846,7 +791,7 @@ class ClaudeRunner:
         for pid in pids:
             if _pid_alive(pid):
                 log.warning("killing a Claude Code process left behind (pid %d)", pid)
-            self._kill_tree(pid)  # also when /proc hides it (a tools-user process under ProtectProc=invisible)
+            self._sandbox.kill_tree(pid)  # also when /proc hides it (a tools-user process under ProtectProc=invisible)
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, os.WNOHANG)
 
@@ -862,13 +807,6 @@ class ClaudeRunner:
         if plan.unknown and (old is None or plan_tools(old.claude).unknown != plan.unknown):
             log.warning("tools not available on this agent (no MCP server configured): %s",
                         ", ".join(plan.unknown))
-
-
-def _upstream(config: AgentConfig) -> Upstream:
-    from aiwm_agentd.sandbox.api_proxy import Upstream
-
-    claude = config.claude
-    return Upstream(claude.base_url, claude.api_key, claude.oauth_token)
 
 
 class _StartFailure(Exception):
