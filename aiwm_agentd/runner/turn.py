@@ -48,7 +48,7 @@ class Turns:
         self._stop_deadline = stop_deadline
 
     async def run(self, run: LoopRun, conv: Conversation, item: Item) -> Reply:
-        """Answer `item`; never raises for a failed turn (only when cancelled)."""
+        """Answer `item`: a failed turn is a Reply too (only cancellation or a BaseException escapes)."""
         config = self._config()
         started = time.monotonic()
         conv.in_turn, conv.interrupted = True, False
