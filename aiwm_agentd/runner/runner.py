@@ -17,8 +17,15 @@ accepted message is tracked until it is answered, so whatever way a run ends, no
 Each conversation holds at most `claude.queue_limit` messages (waiting or running); more are refused at once
 with the `queue_full` reply, so a storm of messages cannot become an unbounded queue of paid turns.
 
-All state below `_loop_*` is touched only on the loop thread; `submit()` and friends hand work over with
-`LoopThread.call_soon`. The counters read by `busy` / `queue_depth()` / `health()` are guarded by `_lock`.
+This module is the dispatcher: the public API, the run's lifecycle, each conversation's worker loop and the
+shutdown. Each other job is a helper module: ledger.py (accepted messages until answered, refusals),
+conversation.py (the loop-thread records), capacity.py (turn slots, client slots, memory budget), clients.py
+(open/close a client, no CLI left behind), turn.py (one turn), mcp_status.py (what the MCP servers offer),
+sandboxing.py (the tool sandbox), sdk_import.py (the SDK import).
+
+All state in `self._run` (a `LoopRun`, fresh at every start) and the `_loop_*` methods are touched only on the
+loop thread; `submit()` and friends hand work over with `LoopThread.call_soon`. The counters read by `busy` /
+`queue_depth()` / `health()` (the ledger's and the capacity's) are guarded by `_lock`.
 """
 
 from __future__ import annotations
@@ -27,76 +34,30 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
-import os
-import signal
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from aiwm_agentd import logs
 from aiwm_agentd.config import AgentConfig
 from aiwm_agentd.loopthread import LoopNotRunning, LoopState, LoopThread
 from aiwm_agentd.runner import failures, memory
-from aiwm_agentd.runner.failures import Failure
-from aiwm_agentd.runner.options import (
-    ChildSandbox,
-    OptionInputs,
-    RunnerPaths,
-    build_options,
-    effective_permission_mode,
-    plan_tools,
-)
+from aiwm_agentd.runner.capacity import Capacity
+from aiwm_agentd.runner.clients import Clients
+from aiwm_agentd.runner.conversation import Conversation, Item, LoopRun, failure_reply
+from aiwm_agentd.runner.ledger import Ledger
+from aiwm_agentd.runner.mcp_status import McpStatus
+from aiwm_agentd.runner.options import RunnerPaths, effective_permission_mode, plan_tools
+from aiwm_agentd.runner.sandboxing import RunnerSandbox
+from aiwm_agentd.runner.sdk_import import import_sdk
 from aiwm_agentd.runner.sessions import SessionStore
-from aiwm_agentd.sandbox import launcher
-from aiwm_agentd.sandbox.identity import SandboxState, detect
+from aiwm_agentd.runner.turn import Turns, interrupt, loop_deadline_time
 from aiwm_agentd.workers import ConversationKey, Reply, WorkerHealth
 
 if TYPE_CHECKING:
-    from claude_agent_sdk import ClaudeAgentOptions, ClaudeSDKClient
-
-    from aiwm_agentd.sandbox.api_proxy import ApiProxy, Upstream
+    from claude_agent_sdk import ClaudeAgentOptions
 
 log = logging.getLogger("aiwm_agentd.runner")
-
-# Time kept back from the stop deadline to close clients and reap the CLI children.
-_CLOSE_RESERVE = 2.0
-
-
-@dataclass(eq=False)
-class _Item:
-    key: ConversationKey
-    text: str
-    future: concurrent.futures.Future[Reply]
-    submitted: float = field(default_factory=time.monotonic)
-
-
-@dataclass
-class _Conversation:
-    key: ConversationKey
-    queue: deque[_Item] = field(default_factory=deque)
-    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
-    task: asyncio.Task[None] | None = None
-    client: ClaudeSDKClient | None = None
-    client_pid: int | None = None
-    client_token: str = ""  # its per-child token for the Anthropic API proxy (sandbox), revoked at close
-    client_generation: int = -1
-    last_used: float = field(default_factory=time.monotonic)
-    in_turn: bool = False
-    close_requested: bool = False
-    reset_requested: bool = False
-    turn_timeout: asyncio.Timeout | None = None
-    interrupted: bool = False
-    rss: int = 0  # bytes of its CLI process tree, last measured
-
-
-
-
-MCP_STATUS_POLL = 0.5  # seconds between MCP status reads while a server is still pending
-MCP_STATUS_WAIT = 30.0  # how long a pending server is watched after a client connected
 
 
 class ClaudeRunner:
@@ -114,40 +75,34 @@ class ClaudeRunner:
         self._config = config
         self._generation = 0
         self._lock = threading.Lock()
-        self._pending: dict[ConversationKey, int] = {}
-        self._outstanding: set[_Item] = set()  # accepted, not answered yet
-        self._refused = 0
-        self._refusing: dict[ConversationKey, int] = {}  # refusals per conversation until it drains
-        self._running_turns = 0
-        self._live_clients = 0
-        self._warm_rss = 0  # bytes, all clients, last measured
-        self._budget_closes = 0
-        self._child_pids: set[int] = set()
+        self._ledger = Ledger(self._lock, lambda: self._config.claude.queue_limit)
         self._state = "starting"
         self._detail = ""
-        self._closing = False
         self._loop_thread = LoopThread("claude-runner", request_stop=self._loop_begin_stop,
                                        on_exit=self._after_loop)
         self._stop_deadline: float | None = None
         self._paths = RunnerPaths.for_state_dir(config.state_dir)
         self._sessions: SessionStore | None = None
-        # loop-thread state
-        self._loop_conversations: dict[ConversationKey, _Conversation] = {}
-        self._loop_changed: asyncio.Condition | None = None
-        self._loop_turns = 0
-        self._loop_discovered: dict[str, tuple[str, ...]] = {}
-        # MCP servers as the CLI last reported them (server -> "connected" / "failed" / ...), and the MCP tools
-        # the model can really call; replaced whole (never mutated) so other threads read them safely.
-        self.mcp_status: dict[str, str] = {}
-        self.mcp_callable: tuple[str, ...] = ()
-        self._mcp_logged: dict[str, str] = {}
-        self._loop_stopped: asyncio.Event | None = None
-        self._loop_background: set[asyncio.Task[None]] = set()
-        self._loop_import_now: asyncio.Event | None = None
-        self._loop_rss_estimate = 0  # bytes a new client is expected to take: the largest tree measured
-        self._sandbox: SandboxState | None = None
-        self._api_proxy: ApiProxy | None = None
+        self._run: LoopRun | None = None  # loop-thread state of the current run
+        self._sandbox = RunnerSandbox()
+        self._mcp = McpStatus(lambda: self._config.claude)
+        self._capacity = Capacity(self._lock, lambda: self._config.claude, lambda pid: self.measure_rss(pid))
+        self._clients = Clients(lock=self._lock, config=lambda: self._config, generation=lambda: self._generation,
+                                paths=self._paths, sessions=lambda: self._sessions, sandbox=self._sandbox,
+                                capacity=self._capacity, mcp=self._mcp, client_factory=lambda: self.client_factory)
+        self._turns = Turns(clients=self._clients, config=lambda: self._config, generation=lambda: self._generation,
+                           sessions=lambda: self._sessions, stop_deadline=lambda: self._stop_deadline)
         self._warn_config(config)
+
+    @property
+    def mcp_status(self) -> dict[str, str]:
+        """MCP servers as the CLI last reported them (server -> "connected" / "failed" / ...)."""
+        return self._mcp.status
+
+    @property
+    def mcp_callable(self) -> tuple[str, ...]:
+        """The MCP tools the model can really call."""
+        return self._mcp.callable
 
     # ---------------------------------------------------------------------------------- Worker
 
@@ -157,20 +112,13 @@ class ClaudeRunner:
             raise RuntimeError("the Claude runner is already running")
         self._paths.create()
         self._sessions = SessionStore(self._paths.sessions_dir)
-        self._start_sandbox()
+        self._sandbox.start(self._config, self._paths)
         with self._lock:
-            self._closing = False
+            self._ledger.closing = False
             self._state, self._detail = "starting", ""
-            self._running_turns = self._live_clients = 0
+            self._capacity.reset_counts()
         self._stop_deadline = None
-        # Fresh loop-thread state for every run (asyncio primitives bind to a loop on first use).
-        self._loop_conversations = {}
-        self._loop_changed = asyncio.Condition()
-        self._loop_stopped = asyncio.Event()
-        self._loop_turns = 0
-        self._loop_background = set()
-        self._loop_import_now = asyncio.Event()
-        self._loop_rss_estimate = 0
+        self._run = LoopRun()  # fresh for every run (asyncio primitives bind to a loop on first use)
         self._loop_thread.start(self._loop_main)
 
     def apply(self, config: AgentConfig) -> None:
@@ -180,27 +128,28 @@ class ClaudeRunner:
             if (old.claude, old.instruction) != (config.claude, config.instruction):
                 self._generation += 1
         self._warn_config(config, old)
-        if self._api_proxy is not None:
-            self._api_proxy.set_upstream(_upstream(config))
+        self._sandbox.set_upstream(config)
         with contextlib.suppress(LoopNotRunning):
             self._loop_thread.call_soon(self._loop_notify)
 
     def health(self) -> WorkerHealth:
         with self._lock:
+            capacity, ledger = self._capacity, self._ledger.health_fields()
             extra: dict[str, Any] = {
-                "pending": sum(self._pending.values()),
-                "conversations": sum(1 for n in self._pending.values() if n),
-                "running_turns": self._running_turns,
-                "clients": self._live_clients,
-                "refused": self._refused,
-                "refusing_conversations": len(self._refusing),
+                "pending": ledger["pending"],
+                "conversations": ledger["conversations"],
+                "running_turns": capacity.running_turns,
+                "clients": capacity.live_clients,
+                "refused": ledger["refused"],
+                "refusing_conversations": ledger["refusing_conversations"],
                 "queue_limit": self._config.claude.queue_limit,
-                "warm_rss_mib": round(self._warm_rss / memory.MIB, 1),
+                "warm_rss_mib": round(capacity.warm_rss / memory.MIB, 1),
                 "memory_budget_mib": self._config.claude.memory_budget_mib,
-                "budget_closes": self._budget_closes,
+                "budget_closes": capacity.budget_closes,
             }
-            if self._sandbox is not None:
-                extra["sandbox"] = self._sandbox.health()
+            sandbox = self._sandbox.health()
+            if sandbox is not None:
+                extra["sandbox"] = sandbox
             state, detail = self._state, self._detail
         if self._loop_thread.state is LoopState.DIED:
             return WorkerHealth("error", f"runner thread died ({self._loop_thread.death_detail()})",
@@ -209,15 +158,13 @@ class ClaudeRunner:
 
     def stop(self, deadline: float) -> None:
         with self._lock:
-            self._closing = True
+            self._ledger.closing = True
         self._stop_deadline = deadline
         self._loop_thread.stop(deadline)
-        self._kill_leftover_children()
-        if self._api_proxy is not None:
-            self._api_proxy.stop(deadline)
-            self._api_proxy = None
+        self._clients.kill_leftover_children()
+        self._sandbox.stop(deadline)
         # Only left when the loop thread had to be abandoned; otherwise _after_loop answered everything.
-        self._answer_outstanding(failures.SHUTTING_DOWN)
+        self._ledger.answer_outstanding(failures.SHUTTING_DOWN)
         with self._lock:
             self._state = "stopped"
 
@@ -227,34 +174,17 @@ class ClaudeRunner:
         """Queue a message; the future resolves to its Reply. Never raises, never leaves the future hanging:
         refused (queue_full), shutting_down and not_running are replies too, resolved at once."""
         future: concurrent.futures.Future[Reply] = concurrent.futures.Future()
-        item = _Item(conversation, text, future)
+        item = Item(conversation, text, future)
         with self._lock:
-            refusal = self._admit(item)
+            refusal = self._ledger.admit(item)
         if refusal is not None:
-            future.set_result(_failure_reply(refusal))
+            future.set_result(failure_reply(refusal))
             return future
         try:
             self._loop_thread.call_soon(self._loop_enqueue, conversation, item)
         except LoopNotRunning:
-            self._finish(item, _failure_reply(failures.NOT_RUNNING))
+            self._ledger.finish(item, failure_reply(failures.NOT_RUNNING))
         return future
-
-    def _admit(self, item: _Item) -> Failure | None:
-        """Under `_lock`: count `item` as accepted, or say why it is refused."""
-        if self._closing:
-            return failures.SHUTTING_DOWN
-        key, limit = item.key, self._config.claude.queue_limit
-        if self._pending.get(key, 0) >= limit:
-            self._refused += 1
-            refused = self._refusing.get(key, 0)
-            if not refused:
-                log.warning("[%s] %d messages already waiting or running; refusing more until it drains",
-                            key, limit)
-            self._refusing[key] = refused + 1
-            return failures.QUEUE_FULL
-        self._pending[key] = self._pending.get(key, 0) + 1
-        self._outstanding.add(item)
-        return None
 
     def reset(self, conversation: ConversationKey) -> None:
         """Forget the conversation's session: the next message starts a new one (/new)."""
@@ -272,122 +202,79 @@ class ClaudeRunner:
 
     def queue_depth(self, conversation: ConversationKey | None = None) -> int:
         """Messages not answered yet (queued plus running), for one conversation or all."""
-        with self._lock:
-            if conversation is None:
-                return sum(self._pending.values())
-            return self._pending.get(conversation, 0)
+        return self._ledger.depth(conversation)
 
     @property
     def busy(self) -> bool:
-        with self._lock:
-            return any(self._pending.values())
+        return self._ledger.busy()
 
     # ---------------------------------------------------------------------------------- thread
 
     async def _loop_main(self) -> None:
-        assert self._loop_stopped is not None and self._loop_import_now is not None
+        run = self._run
+        assert run is not None
         with self._lock:
             self._detail = "importing the Claude Agent SDK after the bots connect"
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._loop_import_now.wait(), self.import_delay)
-        if not self._loop_stopped.is_set():
+            await asyncio.wait_for(run.import_now.wait(), self.import_delay)
+        if not run.stopped.is_set():
             with self._lock:
                 self._detail = "importing the Claude Agent SDK"
             try:
-                import claude_agent_sdk  # noqa: F401  (lazy: ~35 MiB; only when a runner exists)
+                import_sdk()
             except ImportError as exc:
                 with self._lock:
                     self._state, self._detail = "error", f"claude-agent-sdk not importable: {exc}"
             else:
                 with self._lock:
                     self._state, self._detail = "ok", ""
-        await self._loop_stopped.wait()
-        await self._loop_finish()
-
-    def _finish(self, item: _Item, reply: Reply | None) -> None:
-        """Count the message as answered, then hand over the reply (None: the caller cancelled it).
-
-        Idempotent: the first answer wins (the loop and a sweep after its end may both try)."""
-        refused = 0
-        with self._lock:
-            if item not in self._outstanding:
-                return
-            self._outstanding.discard(item)
-            left = self._pending.get(item.key, 0) - 1
-            if left > 0:
-                self._pending[item.key] = left
-            else:
-                self._pending.pop(item.key, None)
-                refused = self._refusing.pop(item.key, 0)
-        if refused:
-            log.info("[%s] drained; %d messages were refused meanwhile", item.key, refused)
-        if reply is not None:
-            with contextlib.suppress(concurrent.futures.InvalidStateError):  # cancelled by the caller
-                item.future.set_result(reply)
-
-    def _answer_outstanding(self, failure: Failure) -> None:
-        """Answer every accepted message that no loop will answer any more."""
-        with self._lock:
-            items = list(self._outstanding)
-        for item in items:
-            self._finish(item, _failure_reply(failure))
+        await run.stopped.wait()
+        await self._loop_finish(run)
 
     def _after_loop(self) -> None:
         """On the loop thread once its loop is closed, however the run ended (stop or death)."""
         with self._lock:
-            closing = self._closing
-        self._answer_outstanding(failures.SHUTTING_DOWN if closing else failures.NOT_RUNNING)
+            closing = self._ledger.closing
+        self._ledger.answer_outstanding(failures.SHUTTING_DOWN if closing else failures.NOT_RUNNING)
         if not closing:  # died: its clients' CLI processes lost their parent side
-            self._kill_leftover_children()
+            self._clients.kill_leftover_children()
             with self._lock:
-                self._running_turns = self._live_clients = 0
+                self._capacity.reset_counts()
 
     def _loop_notify(self) -> None:
-        changed = self._loop_changed
-        if changed is not None:
-            task = asyncio.ensure_future(_notify(changed))
-            self._loop_background.add(task)
-            task.add_done_callback(self._loop_background.discard)
+        if self._run is not None:
+            self._run.notify()
 
-    def _loop_enqueue(self, key: ConversationKey, item: _Item) -> None:
-        if self._loop_stopped is None or self._loop_stopped.is_set():
-            self._finish(item, _failure_reply(failures.SHUTTING_DOWN))
+    def _loop_enqueue(self, key: ConversationKey, item: Item) -> None:
+        run = self._run
+        if run is None or run.stopped.is_set():
+            self._ledger.finish(item, failure_reply(failures.SHUTTING_DOWN))
             return
-        conv = self._loop_conversations.get(key)
+        conv = run.conversations.get(key)
         if conv is None:
-            conv = self._loop_conversations[key] = _Conversation(key)
+            conv = run.conversations[key] = Conversation(key)
         conv.queue.append(item)
         conv.wakeup.set()
-        if self._loop_import_now is not None:
-            self._loop_import_now.set()  # somebody is waiting: import the SDK now
+        run.import_now.set()  # somebody is waiting: import the SDK now
         if conv.task is None:
-            conv.task = asyncio.ensure_future(self._loop_worker(conv))
+            conv.task = asyncio.ensure_future(self._loop_worker(run, conv))
 
     def _loop_reset(self, key: ConversationKey) -> None:
-        conv = self._loop_conversations.get(key)
+        conv = self._run.conversations.get(key) if self._run is not None else None
         if conv is not None:
             conv.reset_requested = True
             conv.wakeup.set()
             self._loop_notify()
 
     async def _loop_interrupt(self, key: ConversationKey) -> bool:
-        conv = self._loop_conversations.get(key)
-        if conv is None or not conv.in_turn or conv.client is None:
-            return False
-        conv.interrupted = True
-        try:
-            await asyncio.wait_for(conv.client.interrupt(), timeout=5)
-        except Exception as exc:
-            log.warning("[%s] interrupt failed (%s); ending the turn", key, logs.mask(str(exc)))
-            if conv.turn_timeout is not None:
-                conv.turn_timeout.reschedule(asyncio.get_running_loop().time())
-        return True
+        conv = self._run.conversations.get(key) if self._run is not None else None
+        return conv is not None and await interrupt(conv)
 
     # ---------------------------------------------------------------------------------- workers
 
-    async def _loop_worker(self, conv: _Conversation) -> None:
-        stopping = self._loop_stopped
-        assert stopping is not None
+    async def _loop_worker(self, run: LoopRun, conv: Conversation) -> None:
+        """The conversation's task: serve its queue one turn at a time, close its client when idle or asked."""
+        stopping = run.stopped
         try:
             while not stopping.is_set():
                 if conv.reset_requested or conv.close_requested:
@@ -395,7 +282,7 @@ class ClaudeRunner:
                         # again: a turn that was running when reset() came in stored its session id
                         self._sessions.delete(str(conv.key))
                     conv.reset_requested = conv.close_requested = False
-                    await self._loop_close_client(conv)
+                    await self._clients.close(run, conv)
                 if not conv.queue:
                     conv.wakeup.clear()
                     idle = self._config.claude.idle_timeout
@@ -406,423 +293,52 @@ class ClaudeRunner:
                             log.debug("[%s] idle for %.0f s; closing its client", conv.key, idle)
                             break
                     continue
-                if not await self._loop_acquire_turn(conv):
+                if not await self._capacity.acquire_turn(run, conv):
                     continue
                 try:
                     if not conv.queue:  # emptied by stop() while we waited for the slot
                         continue
                     item = conv.queue.popleft()
                     if not item.future.set_running_or_notify_cancel():
-                        self._finish(item, None)
+                        self._ledger.finish(item, None)
                         continue
                     try:
-                        reply = await self._loop_turn(conv, item)
+                        reply = await self._turns.run(run, conv, item)
                     except BaseException:  # cancelled at the end of a shutdown, or a bug: still answer
-                        self._finish(item, _failure_reply(
+                        self._ledger.finish(item, failure_reply(
                             failures.SHUTTING_DOWN if stopping.is_set() else failures.CRASHED))
                         raise
-                    self._finish(item, reply)
+                    self._ledger.finish(item, reply)
                 finally:
-                    await self._loop_release_turn()
-                self._loop_trim_to_budget(conv)
+                    await self._capacity.release_turn(run)
+                self._capacity.trim_to_budget(run, conv)
         finally:
-            await self._loop_close_client(conv, fast=stopping.is_set())
+            await self._clients.close(run, conv, fast=stopping.is_set())
             conv.task = None
             if conv.queue and not stopping.is_set():
-                conv.task = asyncio.ensure_future(self._loop_worker(conv))
+                conv.task = asyncio.ensure_future(self._loop_worker(run, conv))
             elif not conv.queue:
-                self._loop_conversations.pop(conv.key, None)
-
-    async def _loop_acquire_turn(self, conv: _Conversation) -> bool:
-        """Wait for a turn slot; False when a close of this conversation's client was asked meanwhile."""
-        changed = self._loop_changed
-        assert changed is not None
-        async with changed:
-            while self._loop_turns >= self._config.claude.max_concurrency:
-                if (conv.close_requested or conv.reset_requested) and conv.client is not None:
-                    return False
-                if self._loop_stopped is not None and self._loop_stopped.is_set():
-                    return False
-                await changed.wait()
-            self._loop_turns += 1
-        with self._lock:
-            self._running_turns = self._loop_turns
-        return True
-
-    async def _loop_release_turn(self) -> None:
-        changed = self._loop_changed
-        assert changed is not None
-        async with changed:
-            self._loop_turns -= 1
-            changed.notify_all()
-        with self._lock:
-            self._running_turns = self._loop_turns
-
-    async def _loop_reserve_client(self, conv: _Conversation) -> None:
-        """Wait for room under max_clients, asking the least recently used idle client to close."""
-        changed = self._loop_changed
-        assert changed is not None
-        async with changed:
-            while True:
-                if self._live_clients_count() >= self._config.claude.max_clients:
-                    idle = [c for c in self._loop_conversations.values()
-                            if c is not conv and c.client is not None and not c.in_turn and not c.close_requested]
-                    if idle:
-                        self._loop_request_close(min(idle, key=lambda c: c.last_used))
-                    await changed.wait()
-                    continue
-                # Room for the new client's expected memory: close idle ones and wait until they are gone.
-                self._loop_trim_to_budget(conv, incoming=self._loop_rss_estimate)
-                if any(c.close_requested and c.client is not None and c is not conv
-                       for c in self._loop_conversations.values()):
-                    await changed.wait()
-                    continue
-                break
-            with self._lock:
-                self._live_clients += 1
-
-    def _loop_request_close(self, victim: _Conversation) -> None:
-        victim.close_requested = True
-        victim.wakeup.set()
-        changed = self._loop_changed
-        if changed is not None and changed.locked():
-            changed.notify_all()  # the victim may be waiting for a turn slot
-        else:
-            self._loop_notify()
-
-    def _loop_trim_to_budget(self, keep: _Conversation, incoming: int = 0) -> None:
-        """Measure every warm client; ask the least recently used idle ones to close while the total plus
-        `incoming` exceeds the budget. `keep` (the conversation being served) is never asked."""
-        warm = [c for c in self._loop_conversations.values() if c.client is not None]
-        for c in warm:
-            if c.client_pid is not None:
-                c.rss = self.measure_rss(c.client_pid)
-                self._loop_rss_estimate = max(self._loop_rss_estimate, c.rss)
-        with self._lock:
-            self._warm_rss = sum(c.rss for c in warm)
-        budget = self._config.claude.memory_budget_mib * memory.MIB
-        if budget <= 0:
-            return
-        clients = [memory.WarmClient(c.key, c.last_used, c.rss,
-                                     closable=(c is not keep and not c.in_turn and not c.queue
-                                               and not c.close_requested and not c.reset_requested))
-                   for c in warm if not (c.close_requested and c is not keep)]
-        victims = memory.choose_victims(clients, incoming, budget)
-        for key in victims:
-            victim = self._loop_conversations[key]
-            log.info("[%s] closing its idle Claude process (%.0f MiB) to stay within the %d MiB memory budget",
-                     key, victim.rss / memory.MIB, self._config.claude.memory_budget_mib)
-            with self._lock:
-                self._budget_closes += 1
-            self._loop_request_close(victim)
-
-    def _live_clients_count(self) -> int:
-        with self._lock:
-            return self._live_clients
-
-    async def _loop_unreserve_client(self) -> None:
-        changed = self._loop_changed
-        assert changed is not None
-        async with changed:
-            with self._lock:
-                self._live_clients -= 1
-            changed.notify_all()
-
-    # ---------------------------------------------------------------------------------- one turn
-
-    async def _loop_turn(self, conv: _Conversation, item: _Item) -> Reply:
-        config = self._config
-        started = time.monotonic()
-        conv.in_turn, conv.interrupted = True, False
-        fresh = False
-        try:
-            async with asyncio.timeout(config.claude.turn_timeout) as scope:
-                conv.turn_timeout = scope
-                if self._stop_deadline is not None:
-                    scope.reschedule(self._loop_deadline_time(self._stop_deadline))
-                if conv.client is not None and conv.client_generation != self._generation:
-                    log.info("[%s] configuration changed; restarting its client", conv.key)
-                    await self._loop_close_client(conv)
-                if conv.client is None:
-                    fresh = await self._loop_connect(conv)
-                reply = await self._loop_exchange(conv, item.text, started)
-        except TimeoutError:
-            if self._stop_deadline is not None:
-                failure = failures.SHUTTING_DOWN
-            elif conv.interrupted:
-                failure = failures.INTERRUPTED
-            else:
-                failure = failures.timeout(config.claude.turn_timeout)
-            log.warning("[%s] turn ended: %s after %.1f s", conv.key, failure.code, time.monotonic() - started)
-            await self._loop_close_client(conv, fast=True)
-            reply = _failure_reply(failure, started)
-        except _StartFailure as exc:
-            reply = _failure_reply(exc.failure, started)
-        except Exception as exc:
-            failure = failures.classify(str(exc), getattr(exc, "api_error_status", None))
-            log.warning("[%s] turn failed (%s): %s", conv.key, failure.code,
-                        logs.mask(f"{type(exc).__name__}: {exc}"))
-            await self._loop_close_client(conv, fast=True)
-            reply = _failure_reply(failure, started)
-        finally:
-            conv.in_turn, conv.turn_timeout = False, None
-            conv.last_used = time.monotonic()
-        if fresh:
-            reply = Reply(f"{failures.FRESH_SESSION_NOTE}\n\n{reply.text}", reply.session_id, reply.error,
-                          True, reply.duration_s)
-        log.info("[%s] turn done in %.2f s (waited %.2f s)%s", conv.key, reply.duration_s,
-                 started - item.submitted, f": {reply.error}" if reply.error else "")
-        return reply
-
-    def _loop_deadline_time(self, deadline: float) -> float:
-        """A time.monotonic() deadline, minus the close reserve, on the loop's clock."""
-        loop = asyncio.get_running_loop()
-        return loop.time() + max(0.0, deadline - _CLOSE_RESERVE - time.monotonic())
-
-    async def _loop_connect(self, conv: _Conversation) -> bool:
-        """Connect a client for the conversation, resuming its session; True when a resume failed."""
-        await self._loop_reserve_client(conv)
-        connected = False
-        try:
-            sessions = self._sessions
-            resume = sessions.get(str(conv.key)) if (sessions and self._config.claude.resume) else None
-            try:
-                await self._loop_open_client(conv, resume)
-                connected = True
-                return False
-            except Exception as exc:
-                if resume is None:
-                    raise
-                first_line = (logs.mask(str(exc)).splitlines() or [type(exc).__name__])[0]
-                log.warning("[%s] could not resume session %s (%s); starting a fresh one",
-                            conv.key, resume, first_line)
-                if sessions is not None:
-                    sessions.delete(str(conv.key))
-            await self._loop_open_client(conv, None)
-            connected = True
-            return True
-        except Exception as exc:
-            failure = failures.classify(str(exc))
-            if failure is failures.CRASHED:
-                failure = failures.CANNOT_START
-            log.error("[%s] could not start Claude Code: %s", conv.key,
-                      logs.mask(f"{type(exc).__name__}: {exc}"))
-            raise _StartFailure(failure) from exc
-        finally:
-            if not connected:
-                await self._loop_unreserve_client()
-
-    async def _loop_open_client(self, conv: _Conversation, resume: str | None) -> None:
-        from claude_agent_sdk import ClaudeSDKClient
-
-        key = conv.key
-
-        def on_stderr(line: str) -> None:
-            log.warning("[%s] claude: %s", key, logs.mask(line))
-
-        child = self._child_sandbox(str(key))
-        inputs = OptionInputs(resume=resume, stderr=on_stderr, hidden_tools=self._loop_hidden_tools(),
-                              sandbox=child)
-        generation = self._generation
-        options = build_options(self._config, self._paths, inputs)
-        client = (self.client_factory or ClaudeSDKClient)(options)
-        try:
-            await client.connect()
-        except BaseException:
-            self._forget_pid(client)
-            if child is not None and self._api_proxy is not None:
-                self._api_proxy.revoke(child.token)
-            raise
-        conv.client, conv.client_generation = client, generation
-        conv.client_token = child.token if child is not None else ""
-        conv.client_pid = _client_pid(client)
-        if conv.client_pid is not None:
-            with self._lock:
-                self._child_pids.add(conv.client_pid)
-        if self._config.claude.mcp_servers:  # every client: the status is shown, the names guard the calls
-            await self._loop_discover_mcp_tools(client)
-
-    def _start_sandbox(self) -> None:
-        """Once per process: decide whether the CLI can run as the tools user (said once: log and /health);
-        each start: the launcher, and the Anthropic API proxy when separated."""
-        claude = self._config.claude
-        if self._sandbox is None:
-            self._sandbox = detect(claude.tools_user, Path(claude.tools_dir))
-            if self._sandbox.separated:
-                log.info("tool sandbox %s", self._sandbox.detail)
-            else:
-                log.warning("tool sandbox %s: the Claude CLI and its tools run as the daemon's user and can read "
-                            "its configuration and keys", self._sandbox.detail)
-        launcher.write_launcher(self._paths.launcher, self._sandbox)
-        if self._sandbox.separated and self._api_proxy is None:
-            from aiwm_agentd.sandbox.api_proxy import ApiProxy  # aiohttp: only when separated
-
-            self._api_proxy = ApiProxy(_upstream(self._config))
-            self._api_proxy.start()
-
-    def _child_sandbox(self, label: str) -> ChildSandbox | None:
-        """The sandbox inputs of a new CLI child: a fresh per-child token when separated."""
-        state = self._sandbox
-        if state is None:
-            return None
-        proxy = self._api_proxy
-        if not state.separated or proxy is None:
-            return ChildSandbox(state)
-        upstream = proxy.upstream()
-        return ChildSandbox(state, token=proxy.issue(label), token_variable=upstream.child_variable,
-                            proxy_url=proxy.url)
-
-    def _kill_tree(self, pid: int, leader_too: bool = True) -> None:
-        """Kill a CLI child and every process of its turn (its process group, as the tools user if need be)."""
-        state = self._sandbox
-        if state is None:
-            if leader_too:
-                with contextlib.suppress(OSError):
-                    os.kill(pid, signal.SIGKILL)
-            return
-        launcher.kill_tree(pid, state, leader_too=leader_too)
-
-    def _loop_hidden_tools(self) -> list[str]:
-        return plan_tools(self._config.claude).hidden_tools(self._loop_discovered)
-
-    async def _loop_discover_mcp_tools(self, client: ClaudeSDKClient) -> None:
-        """Read the MCP status now and, while a server is still `pending` (the CLI connects them in the
-        background), again every MCP_STATUS_POLL seconds for up to MCP_STATUS_WAIT, without delaying the turn."""
-        if await self._loop_read_mcp_status(client):
-            task = asyncio.get_running_loop().create_task(self._loop_poll_mcp_status(client))
-            self._loop_background.add(task)
-            task.add_done_callback(self._loop_background.discard)
-
-    async def _loop_poll_mcp_status(self, client: ClaudeSDKClient) -> None:
-        deadline = time.monotonic() + MCP_STATUS_WAIT
-        while time.monotonic() < deadline:
-            await asyncio.sleep(MCP_STATUS_POLL)
-            if not await self._loop_read_mcp_status(client):
-                return
-
-    async def _loop_read_mcp_status(self, client: ClaudeSDKClient) -> bool:
-        """Learn the MCP servers' state and tool names: later clients hide the tools not whitelisted, and a
-        server the CLI could not use (e.g. a controller that rejects `notifications/initialized`) is logged
-        once and shown, instead of the agent silently having none of its tools."""
-        try:
-            status = await asyncio.wait_for(client.get_mcp_status(), timeout=5)
-        except Exception as exc:
-            log.debug("MCP status unavailable: %s", logs.mask(str(exc)))
-            return False
-        states = dict(self.mcp_status)
-        for server in status.get("mcpServers", []):
-            if not isinstance(server, dict):
-                continue
-            name = str(server.get("name", ""))
-            states[name] = str(server.get("status") or "unknown")
-            names = tuple(str(t.get("name", "")) for t in server.get("tools") or [] if isinstance(t, dict))
-            if names:
-                self._loop_discovered[name] = tuple(
-                    n if n.startswith("mcp__") else f"mcp__{name}__{n}" for n in names)
-            self._log_mcp_state(name, states[name], len(names))
-        hidden = set(self._loop_hidden_tools())
-        self.mcp_status = states
-        self.mcp_callable = tuple(sorted(
-            t for server, tools in self._loop_discovered.items() if states.get(server) == "connected"
-            for t in tools if t not in hidden and f"mcp__{server}" not in hidden))
-        return any(state == "pending" for state in states.values())
-
-    def _log_mcp_state(self, server: str, state: str, tools: int) -> None:
-        """Once per change of a server's state."""
-        if self._mcp_logged.get(server) == state or state == "pending":
-            return
-        self._mcp_logged[server] = state
-        if state == "connected":
-            log.info("MCP server %s connected (%d tools)", server, tools)
-        else:
-            log.warning("MCP server %s is %s: the model has none of its tools (check the server URL and that "
-                        "it accepts the agent token)", server, state)
-
-    async def _loop_exchange(self, conv: _Conversation, text: str, started: float) -> Reply:
-        from claude_agent_sdk import AssistantMessage, ResultMessage, SystemMessage, TextBlock
-
-        client = conv.client
-        assert client is not None
-        await client.query(text)
-        session_id = ""
-        texts: list[str] = []
-        result: Any = None
-        async for message in client.receive_response():
-            if isinstance(message, SystemMessage) and message.subtype == "init":
-                session_id = str(message.data.get("session_id") or "")
-                if session_id and self._sessions is not None:
-                    self._sessions.set(str(conv.key), session_id)
-            elif isinstance(message, AssistantMessage) and message.parent_tool_use_id is None:
-                texts = [block.text for block in message.content if isinstance(block, TextBlock)]
-            elif isinstance(message, ResultMessage):
-                result = message
-        if result is None:
-            raise RuntimeError("the Claude Code CLI ended the turn without a result")
-        session_id = result.session_id or session_id
-        if session_id and self._sessions is not None:
-            self._sessions.set(str(conv.key), session_id)
-        duration = time.monotonic() - started
-        if conv.interrupted:
-            return _failure_reply(failures.INTERRUPTED, started, session_id)
-        if result.is_error:
-            detail = result.result or "; ".join(result.errors or []) or result.subtype
-            failure = failures.classify(detail, result.api_error_status)
-            log.warning("[%s] turn failed (%s): %s", conv.key, failure.code, logs.mask(str(detail)))
-            return _failure_reply(failure, started, session_id)
-        answer = (result.result or "\n".join(texts)).strip()
-        return Reply(answer or "(no answer)", session_id=session_id, duration_s=duration)
-
-    async def _loop_close_client(self, conv: _Conversation, fast: bool = False) -> None:
-        client, pid = conv.client, conv.client_pid
-        if client is None:
-            return
-        conv.client, conv.client_pid = None, None
-        token, conv.client_token = conv.client_token, ""
-        if fast and pid is not None:
-            # Closing gracefully waits up to 5 s for the CLI to exit on stdin EOF; when we are in a hurry
-            # (timeout, /stop, shutdown) the turn is abandoned anyway: its whole process tree goes.
-            await asyncio.get_running_loop().run_in_executor(None, self._kill_tree, pid)
-        try:
-            await asyncio.wait_for(asyncio.shield(client.disconnect()), timeout=20)
-        except Exception as exc:
-            log.warning("[%s] closing its client: %s", conv.key, logs.mask(str(exc)))
-        if pid is not None:  # background jobs of its tools die with it (its process group)
-            await asyncio.get_running_loop().run_in_executor(None, self._kill_tree, pid, False)
-        if token and self._api_proxy is not None:
-            self._api_proxy.revoke(token)
-        if pid is not None and not _pid_alive(pid):
-            with self._lock:
-                self._child_pids.discard(pid)
-        with self._lock:
-            self._warm_rss = max(0, self._warm_rss - conv.rss)
-        conv.rss = 0
-        await self._loop_unreserve_client()
-
-    def _forget_pid(self, client: ClaudeSDKClient) -> None:
-        pid = _client_pid(client)
-        if pid is not None and not _pid_alive(pid):
-            with self._lock:
-                self._child_pids.discard(pid)
+                run.conversations.pop(conv.key, None)
 
     # ---------------------------------------------------------------------------------- shutdown
 
     def _loop_begin_stop(self, deadline: float) -> None:
         """LoopThread's stop hook: answer what waits, bound running turns by `deadline`, end the main task."""
         self._stop_deadline = deadline
-        stopping = self._loop_stopped
-        if stopping is None or stopping.is_set():
+        run = self._run
+        if run is None or run.stopped.is_set():
             return
-        stopping.set()
-        when = self._loop_deadline_time(deadline)
-        for conv in self._loop_conversations.values():
+        run.stopped.set()
+        when = loop_deadline_time(deadline)
+        for conv in run.conversations.values():
             self._fail_queued(conv)
             conv.wakeup.set()
             if conv.turn_timeout is not None:
                 conv.turn_timeout.reschedule(min(when, conv.turn_timeout.when() or when))
-        self._loop_notify()
+        run.notify()
 
-    async def _loop_finish(self) -> None:
-        tasks = [c.task for c in self._loop_conversations.values() if c.task is not None]
+    async def _loop_finish(self, run: LoopRun) -> None:
+        tasks = [c.task for c in run.conversations.values() if c.task is not None]
         if tasks:
             remaining = (self._stop_deadline or time.monotonic()) - time.monotonic()
             _done, pending = await asyncio.wait(tasks, timeout=max(0.5, remaining))
@@ -831,24 +347,14 @@ class ClaudeRunner:
             if pending:
                 await asyncio.wait(pending, timeout=3)
 
-    def _fail_queued(self, conv: _Conversation) -> None:
+    def _fail_queued(self, conv: Conversation) -> None:
         """Answer every message still waiting in `conv` with the shutting-down reply."""
         while conv.queue:
             item = conv.queue.popleft()
             if item.future.set_running_or_notify_cancel():
-                self._finish(item, _failure_reply(failures.SHUTTING_DOWN))
+                self._ledger.finish(item, failure_reply(failures.SHUTTING_DOWN))
             else:
-                self._finish(item, None)
-
-    def _kill_leftover_children(self) -> None:
-        with self._lock:
-            pids, self._child_pids = set(self._child_pids), set()
-        for pid in pids:
-            if _pid_alive(pid):
-                log.warning("killing a Claude Code process left behind (pid %d)", pid)
-            self._kill_tree(pid)  # also when /proc hides it (a tools-user process under ProtectProc=invisible)
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, os.WNOHANG)
+                self._ledger.finish(item, None)
 
     # ---------------------------------------------------------------------------------- misc
 
@@ -862,42 +368,3 @@ class ClaudeRunner:
         if plan.unknown and (old is None or plan_tools(old.claude).unknown != plan.unknown):
             log.warning("tools not available on this agent (no MCP server configured): %s",
                         ", ".join(plan.unknown))
-
-
-def _upstream(config: AgentConfig) -> Upstream:
-    from aiwm_agentd.sandbox.api_proxy import Upstream
-
-    claude = config.claude
-    return Upstream(claude.base_url, claude.api_key, claude.oauth_token)
-
-
-class _StartFailure(Exception):
-    def __init__(self, failure: Failure) -> None:
-        super().__init__(failure.code)
-        self.failure = failure
-
-
-async def _notify(changed: asyncio.Condition) -> None:
-    async with changed:
-        changed.notify_all()
-
-
-def _failure_reply(failure: Failure, started: float | None = None, session_id: str = "") -> Reply:
-    duration = time.monotonic() - started if started is not None else 0.0
-    return Reply(failure.text, session_id=session_id, error=failure.code, duration_s=duration)
-
-
-def _client_pid(client: ClaudeSDKClient) -> int | None:
-    # The SDK has no public accessor for its CLI child; we need the pid to guarantee none outlives us.
-    process = getattr(getattr(client, "_transport", None), "_process", None)
-    pid = getattr(process, "pid", None)
-    return pid if isinstance(pid, int) else None
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
-            state = handle.read().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"

@@ -1,0 +1,107 @@
+"""Everything the runner does with the tool sandbox, behind one small class: `RunnerSandbox`.
+
+Whether the Claude CLI children run as the separate tools user is decided once per runner (`detect`, said once
+in the log and in /health); every start writes the CLI launcher and, when separated, starts the loopback
+Anthropic API proxy that swaps each child's own token for the real credential. Each new child gets its
+`ChildSandbox` (a fresh proxy token when separated), its token is revoked when it closes, and its whole
+process tree is killed through here. This is the only module of the runner that talks to aiwm_agentd.sandbox,
+so how children are separated can change here without touching the runner's loop.
+
+Thread use: `start`/`stop`/`set_upstream`/`health` run on the caller's thread, `child`/`revoke`/`kill_tree`
+on the loop thread or its executor, as the runner did before this class existed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from aiwm_agentd.config import AgentConfig
+from aiwm_agentd.runner.options import ChildSandbox, RunnerPaths
+from aiwm_agentd.sandbox import launcher
+from aiwm_agentd.sandbox.identity import SandboxState, detect
+
+if TYPE_CHECKING:
+    from aiwm_agentd.sandbox.api_proxy import ApiProxy, Upstream
+
+log = logging.getLogger("aiwm_agentd.runner")
+
+
+class RunnerSandbox:
+    """The runner's tool sandbox: detection (once), launcher, API proxy, per-child tokens, process-tree kill."""
+
+    def __init__(self) -> None:
+        self._state: SandboxState | None = None
+        self._api_proxy: ApiProxy | None = None
+
+    def start(self, config: AgentConfig, paths: RunnerPaths) -> None:
+        """Once per runner: decide whether the CLI can run as the tools user (said once: log and /health);
+        each start: the launcher, and the Anthropic API proxy when separated."""
+        claude = config.claude
+        if self._state is None:
+            self._state = detect(claude.tools_user, Path(claude.tools_dir))
+            if self._state.separated:
+                log.info("tool sandbox %s", self._state.detail)
+            else:
+                log.warning("tool sandbox %s: the Claude CLI and its tools run as the daemon's user and can read "
+                            "its configuration and keys", self._state.detail)
+        launcher.write_launcher(paths.launcher, self._state)
+        if self._state.separated and self._api_proxy is None:
+            from aiwm_agentd.sandbox.api_proxy import ApiProxy  # aiohttp: only when separated
+
+            self._api_proxy = ApiProxy(upstream(config))
+            self._api_proxy.start()
+
+    def set_upstream(self, config: AgentConfig) -> None:
+        """A new configuration: the API proxy forwards with its credential and base URL from now on."""
+        if self._api_proxy is not None:
+            self._api_proxy.set_upstream(upstream(config))
+
+    def child(self, label: str) -> ChildSandbox | None:
+        """The sandbox inputs of a new CLI child: a fresh per-child token when separated."""
+        state = self._state
+        if state is None:
+            return None
+        proxy = self._api_proxy
+        if not state.separated or proxy is None:
+            return ChildSandbox(state)
+        child_upstream = proxy.upstream()
+        return ChildSandbox(state, token=proxy.issue(label), token_variable=child_upstream.child_variable,
+                            proxy_url=proxy.url)
+
+    def revoke(self, token: str) -> None:
+        """A child is gone (or never started): its proxy token stops working."""
+        if token and self._api_proxy is not None:
+            self._api_proxy.revoke(token)
+
+    def kill_tree(self, pid: int, leader_too: bool = True) -> None:
+        """Kill a CLI child and every process of its turn (its process group, as the tools user if need be)."""
+        state = self._state
+        if state is None:
+            if leader_too:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+            return
+        launcher.kill_tree(pid, state, leader_too=leader_too)
+
+    def health(self) -> dict[str, object] | None:
+        """The /health `sandbox` field; None before the first start."""
+        return self._state.health() if self._state is not None else None
+
+    def stop(self, deadline: float) -> None:
+        """Stop the API proxy (a later start makes a new one); detection is kept."""
+        if self._api_proxy is not None:
+            self._api_proxy.stop(deadline)
+            self._api_proxy = None
+
+
+def upstream(config: AgentConfig) -> Upstream:
+    """Where the API proxy forwards, with which real credential."""
+    from aiwm_agentd.sandbox.api_proxy import Upstream
+
+    claude = config.claude
+    return Upstream(claude.base_url, claude.api_key, claude.oauth_token)
