@@ -1,10 +1,13 @@
 """Cost of the tool sandbox per turn: `sudo .venv/bin/python benchmarks/bench_sandbox.py` (repository root).
 
-Runs the real runner (real SDK + bundled CLI) against the fake Anthropic API twice, unseparated and separated
-(a throw-away user made with useradd, removed at the end; needs root), and prints for each:
+Runs the real runner (real SDK + bundled CLI) against the fake Anthropic API three times: unseparated,
+separated by the tools spawner (the default under systemd: a spawner process running as a throw-away user made
+with useradd, removed at the end), and separated by setpriv (a daemon run as root without a spawner); needs
+root. Prints for each:
 - cold turn: a new conversation (CLI start through the launcher + one turn), median over --cold runs;
 - warm turn: a follow-up in a kept-warm conversation, median over --warm runs;
-- the daemon process's RSS after the runs (the Anthropic API proxy thread is its share of the separation).
+- the daemon process's RSS after the runs (the Anthropic API proxy thread is its share of the separation);
+- with the spawner, the RSS of one stand-in (the daemon-side process per warm CLI) and of the spawner.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from aiwm_agentd.workers import ConversationKey
 from tests.fakes.anthropic import FakeAnthropic, agent_config
 
 MIB = 1024 * 1024
+SPAWNER_PID = [0]  # not a stand-in (it is this process's child too)
 
 
 def measure(label: str, fake: FakeAnthropic, cold: int, warm: int, **claude: str) -> dict[str, float]:
@@ -52,12 +56,15 @@ def measure(label: str, fake: FakeAnthropic, cold: int, warm: int, **claude: str
             warms.append(time.monotonic() - started)
         rss = psutil.Process().memory_info().rss / MIB
         sandbox = runner.health().extra.get("sandbox", {})
+        stand_ins = [c.memory_info().rss / MIB for c in psutil.Process().children()
+                     if "-IS" in c.cmdline()[:3] and c.pid != SPAWNER_PID[0]]
     finally:
         runner.stop(time.monotonic() + 15)
         shutil.rmtree(state, ignore_errors=True)
     figures = {"cold_s": statistics.median(colds), "warm_s": statistics.median(warms), "daemon_rss_mib": rss}
+    extra = f"  stand-in RSS {statistics.median(stand_ins):.1f} MiB" if stand_ins else ""
     print(f"{label:12s} separated={sandbox.get('separated')!s:5s} cold {figures['cold_s']:.3f} s  "
-          f"warm {figures['warm_s']:.3f} s  daemon RSS {rss:.1f} MiB")
+          f"warm {figures['warm_s']:.3f} s  daemon RSS {rss:.1f} MiB{extra}")
     return figures
 
 
@@ -77,15 +84,32 @@ def main() -> None:
     entry = pwd.getpwnam(user)
     os.chown(tools, entry.pw_uid, entry.pw_gid)
     tools.chmod(0o700)
+    workspace = public / "spawner"
+    workspace.mkdir()
+    os.chown(workspace, entry.pw_uid, entry.pw_gid)
+    os.chown(public, entry.pw_uid, entry.pw_gid)
+    sock = public / "spawn.sock"
+    spawner = subprocess.Popen(
+        ["setpriv", f"--reuid={entry.pw_uid}", f"--regid={entry.pw_gid}", "--clear-groups", "--", sys.executable,
+         "-m", "aiwm_agentd.sandbox.spawner", "--listen", str(sock), "--workspace", str(workspace),
+         "--idle-exit", "0"], cwd=str(Path(__file__).resolve().parents[1]), stdin=subprocess.DEVNULL)
+    SPAWNER_PID[0] = spawner.pid
+    while not sock.exists():
+        time.sleep(0.02)
     fake = FakeAnthropic("pong").start()
     try:
-        plain = measure("unseparated", fake, args.cold, args.warm, tools_user="")
-        apart = measure("separated", fake, args.cold, args.warm, tools_user=user, tools_dir=str(tools))
-        print(f"cost of the separation: cold {1000 * (apart['cold_s'] - plain['cold_s']):+.0f} ms, "
-              f"warm {1000 * (apart['warm_s'] - plain['warm_s']):+.0f} ms, "
-              f"daemon RSS {apart['daemon_rss_mib'] - plain['daemon_rss_mib']:+.1f} MiB")
+        plain = measure("unseparated", fake, args.cold, args.warm, tools_user="", tools_socket="")
+        for label, claude in (("spawner", {"tools_socket": str(sock), "tools_user": ""}),
+                              ("setpriv", {"tools_socket": "", "tools_user": user, "tools_dir": str(tools)})):
+            apart = measure(label, fake, args.cold, args.warm, **claude)
+            print(f"cost of the separation ({label}): cold {1000 * (apart['cold_s'] - plain['cold_s']):+.0f} ms, "
+                  f"warm {1000 * (apart['warm_s'] - plain['warm_s']):+.0f} ms, "
+                  f"daemon RSS {apart['daemon_rss_mib'] - plain['daemon_rss_mib']:+.1f} MiB")
+        print(f"spawner RSS {psutil.Process(spawner.pid).memory_info().rss / MIB:.1f} MiB")
     finally:
         fake.stop()
+        spawner.terminate()
+        spawner.wait(10)
         shutil.rmtree(public, ignore_errors=True)
         subprocess.run(["userdel", user], check=False)
 

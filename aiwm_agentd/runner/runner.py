@@ -86,7 +86,8 @@ class ClaudeRunner:
         self._run: LoopRun | None = None  # loop-thread state of the current run
         self._sandbox = RunnerSandbox()
         self._mcp = McpStatus(lambda: self._config.claude)
-        self._capacity = Capacity(self._lock, lambda: self._config.claude, lambda pid: self.measure_rss(pid))
+        self._capacity = Capacity(self._lock, lambda: self._config.claude,
+                                  lambda pid: self.measure_rss(pid) + self._sandbox.extra_rss(pid))
         self._clients = Clients(lock=self._lock, config=lambda: self._config, generation=lambda: self._generation,
                                 paths=self._paths, sessions=lambda: self._sessions, sandbox=self._sandbox,
                                 capacity=self._capacity, mcp=self._mcp, client_factory=lambda: self.client_factory)

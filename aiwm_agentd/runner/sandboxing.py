@@ -1,8 +1,8 @@
 """Everything the runner does with the tool sandbox, behind one small class: `RunnerSandbox`.
 
 Whether the Claude CLI children run as the separate tools user is decided once per runner (`detect`, said once
-in the log and in /health); every start writes the CLI launcher and, when separated, starts the loopback
-Anthropic API proxy that swaps each child's own token for the real credential. Each new child gets its
+in the log and in /health); every start writes the CLI launcher; when separated, the first child starts the
+loopback Anthropic API proxy that swaps each child's own token for the real credential. Each new child gets its
 `ChildSandbox` (a fresh proxy token when separated), its token is revoked when it closes, and its whole
 process tree is killed through here. This is the only module of the runner that talks to aiwm_agentd.sandbox,
 so how children are separated can change here without touching the runner's loop.
@@ -17,18 +17,22 @@ import contextlib
 import logging
 import os
 import signal
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from aiwm_agentd.config import AgentConfig
-from aiwm_agentd.runner.options import ChildSandbox, RunnerPaths
+from aiwm_agentd.runner.options import ChildSandbox, RunnerPaths, forget_child
 from aiwm_agentd.sandbox import launcher
 from aiwm_agentd.sandbox.identity import SandboxState, detect
+from aiwm_agentd.sandbox.spawn_client import query_rss
 
 if TYPE_CHECKING:
     from aiwm_agentd.sandbox.api_proxy import ApiProxy, Upstream
 
 log = logging.getLogger("aiwm_agentd.runner")
+
+SPAWNER_RSS_TTL = 1.0  # seconds a memory report of the tools spawner is reused
 
 
 class RunnerSandbox:
@@ -37,27 +41,33 @@ class RunnerSandbox:
     def __init__(self) -> None:
         self._state: SandboxState | None = None
         self._api_proxy: ApiProxy | None = None
+        self._paths: RunnerPaths | None = None
+        self._config: AgentConfig | None = None
+        self._spawner_rss: tuple[float, dict[int, int]] = (-1.0, {})
 
     def start(self, config: AgentConfig, paths: RunnerPaths) -> None:
         """Once per runner: decide whether the CLI can run as the tools user (said once: log and /health);
-        each start: the launcher, and the Anthropic API proxy when separated."""
+        each start: the launcher."""
         claude = config.claude
+        self._paths = paths
         if self._state is None:
-            self._state = detect(claude.tools_user, Path(claude.tools_dir))
+            self._state = detect(claude.tools_user, Path(claude.tools_dir), socket_path=claude.tools_socket)
             if self._state.separated:
                 log.info("tool sandbox %s", self._state.detail)
             else:
                 log.warning("tool sandbox %s: the Claude CLI and its tools run as the daemon's user and can read "
                             "its configuration and keys", self._state.detail)
+        self._config = config
         launcher.write_launcher(paths.launcher, self._state)
-        if self._state.separated and self._api_proxy is None:
-            from aiwm_agentd.sandbox.api_proxy import ApiProxy  # aiohttp: only when separated
 
-            self._api_proxy = ApiProxy(upstream(config))
-            self._api_proxy.start()
+    @property
+    def api_proxy(self) -> ApiProxy | None:
+        """The loopback API proxy once the first separated child started it (tests read its counters)."""
+        return self._api_proxy
 
     def set_upstream(self, config: AgentConfig) -> None:
         """A new configuration: the API proxy forwards with its credential and base URL from now on."""
+        self._config = config
         if self._api_proxy is not None:
             self._api_proxy.set_upstream(upstream(config))
 
@@ -66,17 +76,44 @@ class RunnerSandbox:
         state = self._state
         if state is None:
             return None
-        proxy = self._api_proxy
-        if not state.separated or proxy is None:
+        if not state.separated or self._config is None:
             return ChildSandbox(state)
+        proxy = self._api_proxy
+        if proxy is None:
+            # Started with the first CLI, not with the runner: an idle daemon that has not answered anybody yet
+            # does not carry aiohttp (~10 MiB) for it.
+            from aiwm_agentd.sandbox.api_proxy import ApiProxy
+
+            proxy = self._api_proxy = ApiProxy(upstream(self._config))
+            proxy.start()
         child_upstream = proxy.upstream()
         return ChildSandbox(state, token=proxy.issue(label), token_variable=child_upstream.child_variable,
                             proxy_url=proxy.url)
 
     def revoke(self, token: str) -> None:
-        """A child is gone (or never started): its proxy token stops working."""
+        """A child is gone (or never started): its proxy token stops working, its MCP configuration goes."""
         if token and self._api_proxy is not None:
             self._api_proxy.revoke(token)
+        if token and self._paths is not None:
+            forget_child(self._paths, token)
+
+    def extra_rss(self, pid: int) -> int:
+        """Bytes of a CLI child the runner cannot see itself: with the tools spawner, `pid` is the stand-in and
+        the CLI's process group lives in the spawner's unit, which reports it (asked at most once a second for
+        all children, so a budget check over every client costs one round trip). 0 otherwise or unknown."""
+        state = self._state
+        if state is None or not state.spawner:
+            return 0
+        when, figures = self._spawner_rss
+        now = time.monotonic()
+        if now - when > SPAWNER_RSS_TTL:
+            try:
+                figures = query_rss(state.spawner_socket)
+            except (OSError, ValueError) as exc:
+                log.debug("the tools spawner did not report memory: %s", exc)
+                figures = {}
+            self._spawner_rss = (now, figures)
+        return figures.get(pid, 0)
 
     def kill_tree(self, pid: int, leader_too: bool = True) -> None:
         """Kill a CLI child and every process of its turn (its process group, as the tools user if need be)."""
@@ -104,4 +141,4 @@ def upstream(config: AgentConfig) -> Upstream:
     from aiwm_agentd.sandbox.api_proxy import Upstream
 
     claude = config.claude
-    return Upstream(claude.base_url, claude.api_key, claude.oauth_token)
+    return Upstream(claude.base_url, claude.api_key, claude.oauth_token, claude.mcp_servers)

@@ -138,7 +138,12 @@ class Spawner:
                         return
                     timeout = self._idle_exit
                 for key, _events in self._selector.select(timeout):
-                    self._dispatch(key.data)
+                    try:
+                        self._dispatch(key.data)
+                    except Exception:  # one bad connection must not take the others' CLIs down
+                        log.exception("error while serving a connection")
+                        if isinstance(key.data, _Connection):
+                            self._close(key.data)
         finally:
             for conn in list(self._connections):
                 self._close(conn)
@@ -248,7 +253,8 @@ class Spawner:
 
     def _child_exited(self, conn: _Connection) -> None:
         child = conn.child
-        assert child is not None
+        if child is None or conn.exited:  # closed in the same round, before this event was handled
+            return
         code = child.wait()
         conn.exited = True
         self._selector.unregister(conn.pidfd)
@@ -293,8 +299,10 @@ class Spawner:
                 os.killpg(conn.child.pid, signal.SIGKILL)
             if not conn.exited:
                 conn.child.wait()
+                conn.exited = True
                 self._selector.unregister(conn.pidfd)
                 os.close(conn.pidfd)
+                conn.pidfd = -1
         if conn.run_dir is not None:
             shutil.rmtree(conn.run_dir, ignore_errors=True)
 

@@ -327,6 +327,7 @@ def agent_config(state_dir: Any, base_url: str, instruction: str = "You are a te
         "oauth_token": "", "api_key": "sk-ant-fake-test-key-0123456789", "base_url": base_url, "cli_path": "",
         "tool_names": None, "allowed_functions": (), "mcp_servers": {}, "max_concurrency": 2,
         "idle_timeout": 60.0, "turn_timeout": 30.0, "max_clients": 4, "queue_limit": 10,
+        "tools_socket": "",  # never the host's spawner; tests that want one pass theirs
     }
     fields.update(claude)
     off = {"enabled": False, "token": "", "target_ids": (), "bot_id": "", "require_mentions": True,

@@ -13,8 +13,6 @@ from typing import Any
 import pytest
 
 from aiwm_agentd import logs
-from aiwm_agentd.runner import runner as runner_module
-from aiwm_agentd.sandbox.api_proxy import Upstream
 from aiwm_devtools.devcontroller import DevController
 from tests.e2e.test_daemon_realtime_work import TOOL_MARK, ToolAnthropic
 from tests.fakes.anthropic import RecordedRequest
@@ -42,9 +40,6 @@ def test_controller_mcp_tool_works_through_the_proxy_and_the_tools_never_see_the
     jwt = ctl.issue_token()
     work_id = ctl.work.assign("Write a haiku")
     servers = {"Builtin": {"type": "http", "url": f"{ctl.url}/mcp", "headers": {"Authorization": f"Bearer {jwt}"}}}
-    # What the runner's `_upstream` must pass (the lead's one-line change): the proxy's MCP routes need them.
-    monkeypatch.setattr(runner_module, "_upstream", lambda config: Upstream(
-        config.claude.base_url, config.claude.api_key, config.claude.oauth_token, config.claude.mcp_servers))
 
     def script(request: RecordedRequest) -> str:
         step = len(_tool_results(request))
@@ -62,7 +57,7 @@ def test_controller_mcp_tool_works_through_the_proxy_and_the_tools_never_see_the
                             tools_dir=str(rig["tools_dir"]))
     try:
         reply = harness.ask("start the work")
-        proxy = harness.runner._api_proxy
+        proxy = harness.runner._sandbox.api_proxy
         forwarded = proxy.mcp.forwarded if proxy is not None else 0
     finally:
         harness.close()

@@ -203,3 +203,27 @@ def _processes_of(uid: int, name: str) -> list[str]:
         if name in comm:
             found.append(f"{entry}:{comm}")
     return found
+
+
+def test_a_child_exit_and_its_connection_closing_in_one_round_do_not_stop_the_spawner(tmp_path: Path) -> None:
+    """Regression: both events in one select round (the CLI exits, its stand-in goes) raised KeyError when the
+    exit was handled after the close, and the spawner died with every other conversation's CLI."""
+    from aiwm_agentd.sandbox.spawner import Spawner, _Connection
+
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(tmp_path / "s.sock"))
+    listener.listen(1)
+    spawner = Spawner(listener, tmp_path / "ws", idle_exit=0)
+    ours, theirs = socket.socketpair()
+    conn = _Connection(ours, peer_pid=os.getpid(), number=1)
+    conn.child = subprocess.Popen(["true"], start_new_session=True)
+    conn.pidfd = os.pidfd_open(conn.child.pid)
+    spawner._connections.add(conn)
+    spawner._selector.register(ours, 1, conn)
+    spawner._selector.register(conn.pidfd, 1, ("exit", conn))
+    conn.child.wait()
+    spawner._close(conn)
+    spawner._dispatch(("exit", conn))  # the exit event of the same round: must be a no-op now
+    assert conn.exited and conn.pidfd == -1 and not spawner._connections
+    theirs.close()
+    listener.close()

@@ -27,9 +27,9 @@ def test_off_sandbox_detects_once_writes_the_launcher_each_start_and_gives_child
     detections: list[str] = []
     real_detect = sandboxing.detect
 
-    def counting_detect(user: str, tools_dir: Path) -> sandboxing.SandboxState:
+    def counting_detect(user: str, tools_dir: Path, socket_path: str = "") -> sandboxing.SandboxState:
         detections.append(user)
-        return real_detect(user, tools_dir)
+        return real_detect(user, tools_dir, socket_path=socket_path)
 
     monkeypatch.setattr(sandboxing, "detect", counting_detect)
     config = agent_config(tmp_path, "http://127.0.0.1:9", tools_user="")
