@@ -11,7 +11,7 @@ were tried on what the imports leave behind (gc.collect, gc.freeze, glibc malloc
 
 `--detail` splits the big steps into their heavy dependencies (ssl, requests, prometheus_client, httpx,
 cryptography, pydantic, jsonschema, mcp.types...), each measured on top of the previous ones: a package
-shared by two later steps is charged to the first. Medians over `--runs` interpreters.
+shared by two later steps is charged to the first (plain variant only). Medians over `--runs` interpreters.
 """
 
 from __future__ import annotations
@@ -85,7 +85,10 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
     steps = DETAIL_STEPS if args.detail else DAEMON_STEPS
-    for variant in ("plain", "lean") if args.variant == "both" else (args.variant,):
+    variants = ("plain", "lean") if args.variant == "both" else (args.variant,)
+    if args.detail:  # the detail steps import the heavy dependencies by name: the lean paths cannot skip them
+        variants = ("plain",)
+    for variant in variants:
         runs = [run_variant(variant, steps) for _ in range(args.runs)]
         print(f"\n{variant}: RSS (MiB) after each step, median of {args.runs} fresh interpreter(s)")
         previous = 0.0
