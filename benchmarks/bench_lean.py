@@ -102,7 +102,7 @@ def one_run(args: argparse.Namespace, tg: TimedTelegram, anthropic: FakeAnthropi
         "AIWM_ENABLED": "false", "LOG_LEVEL": "WARNING",
         "ANTHROPIC_BASE_URL": anthropic.url, "ANTHROPIC_API_KEY": "sk-ant-bench",
         "TELEGRAM_BOT_TOKEN": TELEGRAM_TOKEN, "TELEGRAM_GROUP_ID": "-1001", "TELEGRAM_API_BASE_URL": tg.url,
-        "TELEGRAM_ALLOW_DMS": "true",
+        "TELEGRAM_ALLOW_DMS": "true", "TELEGRAM_ALLOWED_USER_IDS": "42",  # DMs: only listed users (fake's sender)
     }
     env.update(dict(kv.split("=", 1) for kv in args.env))
     extra = {"PYTHONPATH": args.pythonpath} if args.pythonpath else {}
@@ -151,6 +151,9 @@ def one_run(args: argparse.Namespace, tg: TimedTelegram, anthropic: FakeAnthropi
         code, seconds = d.stop()
         assert code == 0, d.output()
         figures["SIGTERM idle -> exit (s)"] = seconds
+    except BaseException:
+        print(f"daemon output (tail):\n{d.output()[-4000:]}", file=sys.stderr, flush=True)
+        raise
     finally:
         d.close()
     return figures

@@ -5,24 +5,30 @@ Synchronous `requests`, run off the main thread (`controller/calls.py`). Every c
 `x-correlation-id`, which is logged and attached to any `ControllerError`, and ignores the process
 environment: no `.netrc` in the daemon's HOME replaces our Authorization header, no stray
 `REQUESTS_CA_BUNDLE` changes TLS trust; proxies are passed explicitly (`proxies_from_env`).
+
+`requests` (with urllib3, charset_normalizer, idna: ~7 MiB of RSS) is imported with the first call's session,
+not with this module: a daemon in local mode builds a client but never calls the controller.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
-
-import requests
+from typing import TYPE_CHECKING, Any, Literal
 
 from aiwm_agentd import __version__
 from aiwm_agentd.backoff import parse_retry_after
-from aiwm_agentd.controller.abortable import AbortableAdapter
 from aiwm_agentd.controller.wire import ControllerConfig, WireError, parse_connect_response
+
+if TYPE_CHECKING:
+    import requests
+
+    from aiwm_agentd.controller.abortable import AbortableAdapter
 
 log = logging.getLogger("aiwm_agentd.controller")
 
@@ -154,22 +160,45 @@ class ControllerClient:
         self._secret = secret
         self.timeout = timeout
         self.verify = verify
-        self.session = session or requests.Session()
-        self.session.trust_env = False
-        self._adapter = AbortableAdapter()
-        self.session.mount("http://", self._adapter)
-        self.session.mount("https://", self._adapter)
-        self.session.headers["User-Agent"] = f"aiwm-agentd/{__version__}"
+        self._given_session = session
+        self._session: requests.Session | None = None
+        self._adapter: AbortableAdapter | None = None
+        self._session_lock = threading.Lock()
         self._proxies = dict(proxies or {})
-        if self._proxies and requests.utils.should_bypass_proxies(self.base_url, no_proxy=no_proxy or None):
-            self._proxies = {}
+        self._no_proxy = no_proxy
+
+    @property
+    def session(self) -> requests.Session:
+        """The HTTP session, built (and `requests` imported) on first use."""
+        with self._session_lock:
+            if self._session is None:
+                import requests
+
+                from aiwm_agentd.controller.abortable import AbortableAdapter
+
+                session = self._given_session or requests.Session()
+                session.trust_env = False
+                self._adapter = AbortableAdapter()
+                session.mount("http://", self._adapter)
+                session.mount("https://", self._adapter)
+                session.headers["User-Agent"] = f"aiwm-agentd/{__version__}"
+                if self._proxies and requests.utils.should_bypass_proxies(self.base_url,
+                                                                          no_proxy=self._no_proxy or None):
+                    self._proxies = {}
+                self._session = session
+            return self._session
 
     def close(self) -> None:
-        self.session.close()
+        with self._session_lock:
+            session = self._session if self._session is not None else self._given_session
+        if session is not None:
+            session.close()
 
     def abort(self) -> None:
         """Cut whatever call is in flight (from another thread): it ends at once with a network error."""
-        self._adapter.abort()
+        adapter = self._adapter
+        if adapter is not None:  # no session yet: nothing is in flight
+            adapter.abort()
 
     # -- endpoints: `deadline` is a time.monotonic() by which the whole call must be over ----------
 
@@ -224,8 +253,11 @@ class ControllerClient:
         budget = deadline - started
         if budget <= 0:
             raise ControllerError("timeout", "no time left for the call", correlation_id=cid)
+        session = self.session
+        import requests  # loaded by the session above; a name lookup from here on
+
         try:
-            response = self.session.request(
+            response = session.request(
                 method, url, json=json_body, headers=headers, timeout=(budget, budget),
                 verify=self.verify, stream=True, allow_redirects=False, proxies=self._proxies,
             )
@@ -258,6 +290,8 @@ class ControllerClient:
             raise ControllerError("invalid_response", f"response of {declared} bytes exceeds the "
                                   f"{MAX_RESPONSE_BYTES} byte cap", status=response.status_code,
                                   correlation_id=cid)
+        import requests  # already loaded: the response came from it
+
         chunks: list[bytes] = []
         size = 0
         # requests' timeout bounds each socket read, not the whole body: a server dripping bytes would

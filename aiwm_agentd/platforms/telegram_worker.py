@@ -105,6 +105,9 @@ class TelegramWorker(PlatformWorker):
         self._bot: Bot | None = None
 
     async def _session(self, config: PlatformConfig) -> None:
+        from aiwm_agentd.optional_imports import import_telegram
+
+        import_telegram()  # without the extras an agent never uses (~10 MiB)
         from telegram import Update
         from telegram.error import InvalidToken
         from telegram.ext import ApplicationBuilder, TypeHandler
