@@ -1,6 +1,6 @@
 """Issue 11's figures for the daemon: start-up, idle footprint, 5 chats, memory after the chats, stop.
 
-    .venv/bin/python benchmarks/bench_lean.py [--runs 1] [--idle 30] [--after 120] [--env KEY=VALUE ...]
+    .venv/bin/python benchmarks/bench_lean.py [--runs 1] [--idle 30] [--after 120] [--env KEY=VALUE ...] [--spawner]
 
 Local mode, Telegram only (private chats allowed), the real SDK and bundled CLI against the loopback fake
 Anthropic API, python-telegram-bot against the loopback fake Telegram. One run:
@@ -16,11 +16,13 @@ Anthropic API, python-telegram-bot against the loopback fake Telegram. One run:
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,9 +52,15 @@ class TimedTelegram(FakeTelegram):
         return await super()._get_updates(params)
 
 
+SPAWNER: list[int] = []  # --spawner: the tools spawner's pid, whose tree (the CLIs) counts as the daemon's
+
+
 def tree(pid: int) -> list[psutil.Process]:
-    root = psutil.Process(pid)
-    return [root, *root.children(recursive=True)]
+    procs: list[psutil.Process] = []
+    for root_pid in (pid, *SPAWNER):
+        root = psutil.Process(root_pid)
+        procs += [root, *root.children(recursive=True)]
+    return procs
 
 
 def tree_rss(pid: int) -> float:
@@ -169,7 +177,53 @@ def main() -> int:
     parser.add_argument("--pythonpath", default="", help="PYTHONPATH for the daemon (experiments)")
     parser.add_argument("--idle-only", action="store_true", help="stop after the idle figures")
     parser.add_argument("--env", action="append", default=[], help="extra KEY=VALUE for the daemon's env file")
+    parser.add_argument("--spawner", action="store_true",
+                        help="run the CLIs through a tools spawner as a throw-away user, as under systemd (root); "
+                             "the tree figures then include the spawner and its CLIs")
     args = parser.parse_args()
+    if args.spawner:
+        with contextlib.ExitStack() as stack:
+            args.env.append(f"CLAUDE_TOOLS_SOCKET={stack.enter_context(tools_spawner())}")
+            return measure(args)
+    return measure(args)
+
+
+@contextlib.contextmanager
+def tools_spawner() -> Iterator[str]:
+    """A spawner process as a throw-away user (useradd/userdel), listening on a socket only root may open."""
+    import pwd
+    import shutil
+    import subprocess
+    import uuid
+
+    if os.geteuid() != 0:
+        raise SystemExit("--spawner needs root (creates a throw-away tools user)")
+    user = f"aiwml{uuid.uuid4().hex[:8]}"
+    subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", user], check=True)
+    public = Path(tempfile.mkdtemp(prefix="bench-lean-tools-"))
+    entry = pwd.getpwnam(user)
+    os.chown(public, entry.pw_uid, entry.pw_gid)
+    public.chmod(0o755)
+    sock = public / "spawn.sock"
+    proc = subprocess.Popen(
+        ["setpriv", f"--reuid={entry.pw_uid}", f"--regid={entry.pw_gid}", "--clear-groups", "--", sys.executable,
+         "-m", "aiwm_agentd.sandbox.spawner", "--listen", str(sock), "--workspace", str(public / "ws"),
+         "--idle-exit", "0"], cwd=str(Path(__file__).resolve().parents[1]), stdin=subprocess.DEVNULL)
+    try:
+        wait_for(sock.exists, 10, what="the spawner's socket")
+        os.chown(sock, 0, 0)
+        sock.chmod(0o600)
+        SPAWNER.append(proc.pid)
+        yield str(sock)
+    finally:
+        SPAWNER.clear()
+        proc.terminate()
+        proc.wait(10)
+        shutil.rmtree(public, ignore_errors=True)
+        subprocess.run(["userdel", user], check=False)
+
+
+def measure(args: argparse.Namespace) -> int:
     tg = TimedTelegram(TELEGRAM_TOKEN).start()
     anthropic = FakeAnthropic().start()
     runs: list[dict[str, float]] = []

@@ -99,14 +99,15 @@ class RunnerSandbox:
 
     def extra_rss(self, pid: int) -> int:
         """Bytes of a CLI child the runner cannot see itself: with the tools spawner, `pid` is the stand-in and
-        the CLI's process group lives in the spawner's unit, which reports it (asked at most once a second for
-        all children, so a budget check over every client costs one round trip). 0 otherwise or unknown."""
+        the CLI's process group lives in the spawner's unit, which reports it for all children at once; the
+        answer is reused for a second unless it lacks `pid` (a CLI started since), so a budget check over every
+        client costs one round trip. 0 otherwise or unknown."""
         state = self._state
         if state is None or not state.spawner:
             return 0
         when, figures = self._spawner_rss
         now = time.monotonic()
-        if now - when > SPAWNER_RSS_TTL:
+        if now - when > SPAWNER_RSS_TTL or pid not in figures:  # a CLI started since: ask again
             try:
                 figures = query_rss(state.spawner_socket)
             except (OSError, ValueError) as exc:

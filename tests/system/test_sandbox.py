@@ -173,6 +173,8 @@ def test_bash_tool_in_the_sandbox_reads_no_secret(container: Container, fakes: F
     journal = "\n".join(e["MESSAGE"] for u in (UNIT, TOOLS_UNIT) for e in box.journal(u))
     assert API_KEY not in journal and TOKEN not in journal
     assert box.show(TOOLS_UNIT, "ActiveState")["ActiveState"] == "active"
+    spawner_pid = box.show(TOOLS_UNIT, "MainPID")["MainPID"]
+    record("spawner_rss_mib", round(int(box.out(f"ps -o rss= -p {spawner_pid}")) / 1024, 1))
     record("sandbox_separated_turn_requests", len(requests))
 
 
@@ -195,10 +197,14 @@ def test_a_template_instance_has_tools_of_its_own(container: Container) -> None:
            timeout=60)
     box.wait_for("aiwm-agentd-tools@two running", lambda: box.show("aiwm-agentd-tools@two.service", "ActiveState")
                  ["ActiveState"] == "active" or None, timeout=30)
-    pid = box.show("aiwm-agentd-tools@two.service", "MainPID")["MainPID"]
-    user = box.out(f"ps -o user= -p {pid}")
-    assert user == "aiwm-tools-two", user
-    assert box.out("stat -L -c '%U %a' /var/lib/aiwm-tools-two") == "aiwm-tools-two 700"
+    # Type=simple is "active" at fork, before the switch to the dynamic user: wait for the exec. ps shows
+    # the number: the container has no nss-systemd to name dynamic users.
+    main = "$(systemctl show -p MainPID --value aiwm-agentd-tools@two.service)"
+    uid = box.wait_for("the spawner running as its instance's user", lambda: box.out(
+        f"ps -o uid= -p {main} || true") if "spawner" in box.out(f"ps -o args= -p {main} || true") else None,
+        timeout=30)
+    assert 61184 <= int(uid) <= 65519 and uid != box.out(f"id -u {TOOLS_USER}"), uid  # systemd's dynamic range
+    assert box.out("stat -L -c '%u %a' /var/lib/aiwm-tools-two") == f"{uid} 700"
     # The shared tools user cannot read this instance's workspace, nor the other way round.
     denied = box.sh(f"setpriv --reuid={TOOLS_USER} --regid={TOOLS_USER} --clear-groups ls /var/lib/aiwm-tools-two/",
                     check=False)

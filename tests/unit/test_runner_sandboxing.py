@@ -73,3 +73,24 @@ def test_kill_tree_after_start_kills_the_childs_process_group(tmp_path: Path) ->
     finally:
         process.kill()
         process.wait()
+
+
+def test_spawner_memory_is_asked_again_for_a_cli_started_since(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: a one-second cache made every CLI started within that second count 0 bytes, and the memory
+    budget let three 200 MiB CLIs stay warm under a 256 MiB budget."""
+    answers = [{11: 200}, {11: 200, 22: 300}]
+    asked: list[str] = []
+
+    def query(path: str) -> dict[int, int]:
+        asked.append(path)
+        return answers[min(len(asked), len(answers)) - 1]
+
+    monkeypatch.setattr(sandboxing, "query_rss", query)
+    sandbox = RunnerSandbox()
+    sandbox._state = sandboxing.SandboxState(True, "on", spawner_socket="/run/x.sock")
+    assert sandbox.extra_rss(11) == 200
+    assert sandbox.extra_rss(11) == 200 and len(asked) == 1  # reused within the second
+    assert sandbox.extra_rss(22) == 300 and len(asked) == 2  # not in the answer: asked again
+    off = RunnerSandbox()
+    off._state = sandboxing.SandboxState(False, "off")
+    assert off.extra_rss(11) == 0 and len(asked) == 2
