@@ -123,20 +123,29 @@ def main(args: list[str]) -> int:
     except (OSError, KeyError, ValueError) as exc:
         return _fail(f"cannot build the request: {type(exc).__name__}: {exc}")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sent = False
+    early: list[int] = []  # signals that came before the request was sent: passed on right after it
+
+    def forward(signum: int, _frame: Any) -> None:
+        if not sent:
+            early.append(signum)
+            return
+        with contextlib.suppress(OSError):
+            sock.sendall(encode({"op": "signal", "signal": signum}))
+
+    # Before the request goes out: the SDK may terminate us the moment the CLI is up.
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, forward)
     try:
         sock.connect(environ.get(SOCKET_VAR, ""))
         socket.send_fds(sock, [frame[:4096]], [0, 1, 2])
         if len(frame) > 4096:
             sock.sendall(frame[4096:])
+        sent = True
+        for pending in early:
+            sock.sendall(encode({"op": "signal", "signal": pending}))
     except OSError as exc:
         return _fail(f"cannot reach {environ.get(SOCKET_VAR, '')!r}: {exc.strerror or exc}")
-
-    def forward(signum: int, _frame: Any) -> None:
-        with contextlib.suppress(OSError):
-            sock.sendall(encode({"op": "signal", "signal": signum}))
-
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(signum, forward)
     # Our copies of the pipes would keep the SDK's stdout open after the CLI exits; the CLI has its own.
     for fd in (0, 1):
         os.close(fd)
