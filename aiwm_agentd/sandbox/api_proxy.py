@@ -131,7 +131,9 @@ class ApiProxy:
         self._stopped = asyncio.Event()
         app = web.Application(client_max_size=MAX_BODY)
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        runner = web.AppRunner(app, access_log=None)
+        # In-flight requests are cancelled 0.5 s into a stop (their CLIs are being ended anyway): with aiohttp's
+        # 60 s default the stop deadline cancelled them half-torn-down, and aiohttp logged tracebacks.
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
         await runner.setup()
         async with aiohttp.ClientSession(trust_env=True, auto_decompress=False,
                                          timeout=aiohttp.ClientTimeout(total=None, sock_connect=30,
