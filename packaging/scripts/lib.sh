@@ -15,6 +15,17 @@ aiwm_stop_all() {
     aiwm-agentd-tools.service 'aiwm-agentd-tools@*.service' || true
 }
 
+# The tool-sandbox drop-in of earlier versions (setpriv, CAP_SETUID) is gone: the tools spawner unit replaced
+# it. The links operators made to it would dangle; remove them (never a file someone wrote themselves).
+aiwm_remove_old_dropin_links() {
+  for link in /etc/systemd/system/aiwm-agentd.service.d/tool-sandbox.conf \
+              /etc/systemd/system/aiwm-agentd@*.service.d/tool-sandbox.conf; do
+    if [ -L "$link" ] && [ "$(readlink "$link")" = /usr/share/aiwm-agentd/tool-sandbox.conf ]; then
+      rm -f "$link"
+    fi
+  done
+}
+
 aiwm_systemd_running() { [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; }
 
 aiwm_create_user() {

@@ -113,7 +113,13 @@ def test_install_creates_the_tools_user_and_the_spawner_units(container: Contain
                                                               packages: dict[str, Any]) -> None:
     box = container
     shutil.copy(packages["deb"], box.root / "root/aiwm-agentd.deb")
+    # An operator's link to the drop-in of earlier versions (now gone) is removed; their own files are not.
+    dropins = f"/etc/systemd/system/{UNIT}.d"
+    box.sh(f"mkdir -p {dropins} && ln -s /usr/share/aiwm-agentd/tool-sandbox.conf {dropins}/tool-sandbox.conf "
+           f"&& echo '[Service]' > {dropins}/own.conf")
     box.sh("dpkg -i /root/aiwm-agentd.deb", timeout=300)
+    assert box.out(f"ls {dropins}") == "own.conf"
+    box.sh(f"rm -rf {dropins} && systemctl daemon-reload")
     assert box.out(f"getent passwd {TOOLS_USER} | cut -d: -f6,7") == "/var/lib/aiwm-agentd-tools:/usr/sbin/nologin"
     assert box.out(f"id -nG {TOOLS_USER}") == TOOLS_USER  # in no group of the daemon's
     assert box.out("stat -c '%U:%G %a' /var/lib/aiwm-agentd-tools") == f"{TOOLS_USER}:{TOOLS_USER} 700"
