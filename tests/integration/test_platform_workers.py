@@ -350,7 +350,9 @@ def test_killing_and_restarting_the_discord_server_recovers(rig: Rig) -> None:
     wait_until(lambda: rig.discord.health().state == "degraded", what="discord degraded")
     time.sleep(0.3)
     rig.dc.restart()
-    rig.dc.wait_ready(15)
+    # discord.py reconnects with its own exponential backoff (uniform 0..2**failures s): the failures during
+    # the outage (up to one monitor period, 5 s) can put the next attempt 16-32 s away.
+    rig.dc.wait_ready(60)
     wait_until(lambda: rig.discord.health().state == "ok", 15, what="discord ok again")
     rig.dc.inject_message(CHANNEL_ID, "back?", mention_bot=True)
     assert rig.dc.wait_for_sent(1)[0]["content"] == "echo: back?"
