@@ -167,23 +167,11 @@ class ApiProxy:
             headers["Authorization"] = f"Bearer {upstream.oauth_token}"
         target = (upstream.base_url or DEFAULT_UPSTREAM).rstrip("/") + request.rel_url.raw_path_qs
         body = await request.read()
-        response: web.StreamResponse | None = None
-        try:
-            async with self._session.request(request.method, target, headers=headers, data=body or None,
-                                             allow_redirects=False) as answer:
-                response = web.StreamResponse(status=answer.status, reason=answer.reason)
-                for key, value in answer.headers.items():
-                    if key.lower() not in _DROP_RESPONSE:
-                        response.headers.add(key, value)
-                await response.prepare(request)
-                async for chunk in answer.content.iter_any():
-                    await response.write(chunk)
-                await response.write_eof()
-                self.forwarded += 1
-                return response
-        except (TimeoutError, aiohttp.ClientError, ConnectionError) as exc:
-            log.warning("Anthropic API proxy: upstream request failed: %s", type(exc).__name__)
-            if response is not None and response.prepared:
-                return response  # mid-stream: the CLI sees a cut stream and retries
+        forwarded, response = await mcp_routes.relay(request, self._session, target, headers, body,
+                                                     drop=_DROP_RESPONSE)
+        if response is None:
             return web.json_response({"type": "error", "error": {
                 "type": "api_error", "message": "the daemon could not reach the Anthropic API"}}, status=502)
+        if forwarded:
+            self.forwarded += 1
+        return response  # cut mid-stream when not forwarded: the CLI sees it and retries

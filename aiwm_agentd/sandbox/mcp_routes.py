@@ -29,7 +29,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote, unquote, urljoin, urlsplit, urlunsplit
 
 from aiwm_agentd.config.parsers import is_loopback_host
@@ -161,7 +161,6 @@ class McpRoutes:
     async def forward(self, request: web.Request, session: aiohttp.ClientSession,
                       servers: Mapping[str, Any]) -> web.StreamResponse:
         """Forward an authorised request (the caller checked the child's token) and stream the answer."""
-        import aiohttp
         from aiohttp import web
 
         target = self.resolve(servers, request.rel_url.raw_path, request.rel_url.raw_query_string)
@@ -174,33 +173,56 @@ class McpRoutes:
         headers.update(target.headers)  # the configured ones: the current JWT (or MCP proxy secret) among them
         headers["Accept-Encoding"] = "identity"  # SSE is read event by event (endpoint rewriting), unzipped
         body = await request.read()
-        response: web.StreamResponse | None = None
-        try:
-            async with session.request(request.method, target.url, headers=headers, data=body or None,
-                                       allow_redirects=False) as answer:
-                response = web.StreamResponse(status=answer.status, reason=answer.reason)
-                for key, value in answer.headers.items():
-                    if key.lower() not in DROP_RESPONSE:
-                        response.headers.add(key, value)
-                await response.prepare(request)
-                events = answer.headers.get("content-type", "").startswith("text/event-stream")
-                rewriter = EndpointRewriter(target, self.announce) if events and target.transport == "sse" \
-                    else None
-                async for chunk in answer.content.iter_any():
-                    out = rewriter.feed(chunk) if rewriter is not None else chunk
-                    if out:
-                        await response.write(out)
-                if rewriter is not None and (rest := rewriter.flush()):
-                    await response.write(rest)
-                await response.write_eof()
-                self.forwarded += 1
-                return response
-        except (TimeoutError, aiohttp.ClientError, ConnectionError) as exc:
-            log.warning("MCP route to %s: upstream request failed: %s", target.name, type(exc).__name__)
-            if response is not None and response.prepared:
-                return response  # mid-stream: the CLI sees a cut stream and reconnects
+        forwarded, response = await relay(request, session, target.url, headers, body, drop=DROP_RESPONSE,
+                                          rewriter=lambda answer: EndpointRewriter(target, self.announce) if (
+                                              target.transport == "sse" and answer.headers.get(
+                                                  "content-type", "").startswith("text/event-stream")) else None)
+        if response is None:
             return web.json_response({"error": f"the daemon could not reach MCP server {target.name}"},
                                      status=502)
+        if forwarded:
+            self.forwarded += 1
+        return response  # cut mid-stream when not forwarded: the CLI reconnects
+
+
+class Rewriter(Protocol):
+    def feed(self, chunk: bytes) -> bytes: ...
+    def flush(self) -> bytes: ...
+
+
+async def relay(request: web.Request, session: aiohttp.ClientSession, url: str, headers: Mapping[str, str],
+                body: bytes, *, drop: frozenset[str],
+                rewriter: Callable[[aiohttp.ClientResponse], Rewriter | None] | None = None,
+                ) -> tuple[bool, web.StreamResponse | None]:
+    """Send the request upstream and stream the answer back chunk by chunk (SSE unbuffered), without the
+    `drop` headers; `rewriter(answer)` may transform the body. (True, response) when the whole answer was
+    passed on; (False, response) when the upstream failed mid-stream (the caller sees a cut stream and
+    retries); (False, None) when it failed before answering (the caller answers 502). Shared by the Anthropic
+    API route and the MCP routes."""
+    import aiohttp
+    from aiohttp import web
+
+    response: web.StreamResponse | None = None
+    try:
+        async with session.request(request.method, url, headers=dict(headers), data=body or None,
+                                   allow_redirects=False) as answer:
+            response = web.StreamResponse(status=answer.status, reason=answer.reason)
+            for key, value in answer.headers.items():
+                if key.lower() not in drop:
+                    response.headers.add(key, value)
+            await response.prepare(request)
+            transform = rewriter(answer) if rewriter is not None else None
+            async for chunk in answer.content.iter_any():
+                out = transform.feed(chunk) if transform is not None else chunk
+                if out:
+                    await response.write(out)
+            if transform is not None and (rest := transform.flush()):
+                await response.write(rest)
+            await response.write_eof()
+            return True, response
+    except (TimeoutError, aiohttp.ClientError, ConnectionError) as exc:
+        log.warning("upstream %s %s failed: %s", request.method, urlsplit(url).netloc, type(exc).__name__)
+        return False, response if response is not None and response.prepared else None
 
 
 class EndpointRewriter:
