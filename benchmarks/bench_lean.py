@@ -16,13 +16,11 @@ Anthropic API, python-telegram-bot against the loopback fake Telegram. One run:
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +33,7 @@ import contextlib
 from tests.fakes.anthropic import FakeAnthropic
 from tests.fakes.telegram import FakeTelegram
 from tests.harness import Daemon, wait_for
+from tests.spawner_support import tools_spawner
 
 TELEGRAM_TOKEN = "616161:bench-lean-secret"
 MIB = 1048576
@@ -182,45 +181,11 @@ def main() -> int:
                              "the tree figures then include the spawner and its CLIs")
     args = parser.parse_args()
     if args.spawner:
-        with contextlib.ExitStack() as stack:
-            args.env.append(f"CLAUDE_TOOLS_SOCKET={stack.enter_context(tools_spawner())}")
+        with tools_spawner() as spawner:
+            args.env.append(f"CLAUDE_TOOLS_SOCKET={spawner.socket}")
+            SPAWNER.append(spawner.pid)
             return measure(args)
     return measure(args)
-
-
-@contextlib.contextmanager
-def tools_spawner() -> Iterator[str]:
-    """A spawner process as a throw-away user (useradd/userdel), listening on a socket only root may open."""
-    import pwd
-    import shutil
-    import subprocess
-    import uuid
-
-    if os.geteuid() != 0:
-        raise SystemExit("--spawner needs root (creates a throw-away tools user)")
-    user = f"aiwml{uuid.uuid4().hex[:8]}"
-    subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", user], check=True)
-    public = Path(tempfile.mkdtemp(prefix="bench-lean-tools-"))
-    entry = pwd.getpwnam(user)
-    os.chown(public, entry.pw_uid, entry.pw_gid)
-    public.chmod(0o755)
-    sock = public / "spawn.sock"
-    proc = subprocess.Popen(
-        ["setpriv", f"--reuid={entry.pw_uid}", f"--regid={entry.pw_gid}", "--clear-groups", "--", sys.executable,
-         "-m", "aiwm_agentd.sandbox.spawner", "--listen", str(sock), "--workspace", str(public / "ws"),
-         "--idle-exit", "0"], cwd=str(Path(__file__).resolve().parents[1]), stdin=subprocess.DEVNULL)
-    try:
-        wait_for(sock.exists, 10, what="the spawner's socket")
-        os.chown(sock, 0, 0)
-        sock.chmod(0o600)
-        SPAWNER.append(proc.pid)
-        yield str(sock)
-    finally:
-        SPAWNER.clear()
-        proc.terminate()
-        proc.wait(10)
-        shutil.rmtree(public, ignore_errors=True)
-        subprocess.run(["userdel", user], check=False)
 
 
 def measure(args: argparse.Namespace) -> int:

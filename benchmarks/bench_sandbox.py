@@ -17,11 +17,9 @@ import os
 import pwd
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import psutil
@@ -31,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from aiwm_agentd.runner import ClaudeRunner
 from aiwm_agentd.workers import ConversationKey
 from tests.fakes.anthropic import FakeAnthropic, agent_config
+from tests.spawner_support import tools_spawner
 
 MIB = 1024 * 1024
 SPAWNER_PID = [0]  # not a stand-in (it is this process's child too)
@@ -75,43 +74,30 @@ def main() -> None:
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("needs root (creates a throw-away tools user)")
-    user = f"aiwmb{uuid.uuid4().hex[:8]}"
-    subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", user], check=True)
-    public = Path(tempfile.mkdtemp(prefix="bench-sbx-tools-"))
-    public.chmod(0o755)
-    tools = public / "tools"
-    tools.mkdir()
-    entry = pwd.getpwnam(user)
-    os.chown(tools, entry.pw_uid, entry.pw_gid)
-    tools.chmod(0o700)
-    workspace = public / "spawner"
-    workspace.mkdir()
-    os.chown(workspace, entry.pw_uid, entry.pw_gid)
-    os.chown(public, entry.pw_uid, entry.pw_gid)
-    sock = public / "spawn.sock"
-    spawner = subprocess.Popen(
-        ["setpriv", f"--reuid={entry.pw_uid}", f"--regid={entry.pw_gid}", "--clear-groups", "--", sys.executable,
-         "-m", "aiwm_agentd.sandbox.spawner", "--listen", str(sock), "--workspace", str(workspace),
-         "--idle-exit", "0"], cwd=str(Path(__file__).resolve().parents[1]), stdin=subprocess.DEVNULL)
-    SPAWNER_PID[0] = spawner.pid
-    while not sock.exists():
-        time.sleep(0.02)
-    fake = FakeAnthropic("pong").start()
-    try:
-        plain = measure("unseparated", fake, args.cold, args.warm, tools_user="", tools_socket="")
-        for label, claude in (("spawner", {"tools_socket": str(sock), "tools_user": ""}),
-                              ("setpriv", {"tools_socket": "", "tools_user": user, "tools_dir": str(tools)})):
-            apart = measure(label, fake, args.cold, args.warm, **claude)
-            print(f"cost of the separation ({label}): cold {1000 * (apart['cold_s'] - plain['cold_s']):+.0f} ms, "
-                  f"warm {1000 * (apart['warm_s'] - plain['warm_s']):+.0f} ms, "
-                  f"daemon RSS {apart['daemon_rss_mib'] - plain['daemon_rss_mib']:+.1f} MiB")
-        print(f"spawner RSS {psutil.Process(spawner.pid).memory_info().rss / MIB:.1f} MiB")
-    finally:
-        fake.stop()
-        spawner.terminate()
-        spawner.wait(10)
-        shutil.rmtree(public, ignore_errors=True)
-        subprocess.run(["userdel", user], check=False)
+    with tools_spawner() as spawner:
+        tools = Path(tempfile.mkdtemp(prefix="bench-sbx-tools-"))
+        tools.chmod(0o755)
+        workspace = tools / "tools"
+        workspace.mkdir()
+        entry = pwd.getpwnam(spawner.user)
+        os.chown(workspace, entry.pw_uid, entry.pw_gid)
+        workspace.chmod(0o700)
+        SPAWNER_PID[0] = spawner.pid
+        fake = FakeAnthropic("pong").start()
+        try:
+            plain = measure("unseparated", fake, args.cold, args.warm, tools_user="", tools_socket="")
+            for label, claude in (("spawner", {"tools_socket": spawner.socket, "tools_user": ""}),
+                                  ("setpriv", {"tools_socket": "", "tools_user": spawner.user,
+                                               "tools_dir": str(workspace)})):
+                apart = measure(label, fake, args.cold, args.warm, **claude)
+                print(f"cost of the separation ({label}): "
+                      f"cold {1000 * (apart['cold_s'] - plain['cold_s']):+.0f} ms, "
+                      f"warm {1000 * (apart['warm_s'] - plain['warm_s']):+.0f} ms, "
+                      f"daemon RSS {apart['daemon_rss_mib'] - plain['daemon_rss_mib']:+.1f} MiB")
+            print(f"spawner RSS {psutil.Process(spawner.pid).memory_info().rss / MIB:.1f} MiB")
+        finally:
+            fake.stop()
+            shutil.rmtree(tools, ignore_errors=True)
 
 
 if __name__ == "__main__":
