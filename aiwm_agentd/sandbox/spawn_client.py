@@ -8,7 +8,8 @@ spawner as the tools user, reads and writes the SDK's pipes directly. Its exit s
 we get (the SDK's terminate) is passed on to the CLI's process group; when we die, the spawner's end of the
 connection closes and it kills that group, so nothing a turn started outlives it.
 
-Standalone on purpose: run as `python3 -IS` (no site, no package import) it starts in ~15 ms and ~8 MiB.
+Standalone on purpose: run as `python3 -IS` (no site, no package import) it starts in ~15 ms and ~11 MiB
+(`benchmarks/bench_sandbox.py`).
 Only the variables in CHILD_ENV_NAMES cross the socket, so nothing else of the daemon's environment can.
 """
 
